@@ -1,0 +1,294 @@
+"""Configuration: one frozen dataclass tree, built once at the entry point and passed down.
+
+Nothing here reads a file or the environment at import time. Named presets come from
+:meth:`SpotConfig.preset`; YAML files round-trip through :meth:`SpotConfig.to_yaml` /
+:meth:`SpotConfig.from_yaml`; command-line overrides use dotted keys
+(``--set model.num_heads=2 train.epochs=3``) through :meth:`SpotConfig.override`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is invalid."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes and regularisation of the SPOT network (DESIGN.md section 4)."""
+
+    feat_dim: int = 400  # C: feature channels per snippet
+    num_snippets: int = 100  # T: snippets per window (fixed by the mask head)
+    num_classes: int = 200  # K: foreground classes (class K is background)
+    num_heads: int = 4  # H: attention heads
+    head_dim: int | None = None  # d: per-head width; None means d = C as in the original
+    mask_hidden: int = 256  # width of the mask head's hidden map
+    attn_dropout: float = 0.1
+    embed_dropout: float = 0.3
+    pretext_dropout: float = 0.5
+
+    @property
+    def d_head(self) -> int:
+        return self.feat_dim if self.head_dim is None else self.head_dim
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How videos become fixed-length windows and targets."""
+
+    mode: str = "rescale"  # "rescale": whole video -> T snippets; "window": native rate, length T
+    stride: int = 50  # window mode: step between window starts, in snippets
+    snippet_rate: float | None = None  # window mode: snippets per second (None: read from the dataset)
+    trim_targets: bool = False  # trim one snippet off each end of every instance (original SPOT)
+    min_inside: float = 0.5  # window mode: keep a clipped instance if this fraction lies inside
+    normalize: bool = False  # standardise features with training-set statistics
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights of the original code (DESIGN.md section 4)."""
+
+    cls_weight: float = 0.5
+    focal_gamma: float = 2.0
+    mask_bce_weight: float = 0.4
+    mask_dice_weight: float = 0.6
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser and schedule."""
+
+    epochs: int = 25
+    batch_size: int = 100
+    lr: float = 4e-4
+    weight_decay: float = 5e-3
+    lr_step: int = 10
+    lr_gamma: float = 0.2
+    seed: int = 1
+    num_workers: int = 0
+    grad_clip: float | None = None
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """Post-processing of one window into scored segments (DESIGN.md section 4, steps 1-6)."""
+
+    top_k: int = 10
+    mask_thresholds: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)
+    class_thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    min_len_frac: float = 0.02  # a mask run must be longer than this fraction of T
+    class_mode: str = "window"  # "window": one class per window (original); "snippet": per top snippet
+    nms_sigma: float = 0.1  # Gaussian Soft-NMS decay exp(-iou^2 / sigma)
+    nms_class_aware: bool = False
+    max_detections: int = 100  # per video (or per window before merging)
+
+
+@dataclass(frozen=True)
+class SpotConfig:
+    """The whole configuration. Build with :meth:`preset`, :meth:`from_yaml` or :meth:`from_dict`."""
+
+    name: str = "anet"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # ------------------------------------------------------------------ presets
+    @staticmethod
+    def preset(name: str) -> SpotConfig:
+        """A named preset: ``anet`` (the paper's ActivityNet setting) or ``toy`` (embedded demo data)."""
+        try:
+            factory = _PRESETS[name]
+        except KeyError:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(_PRESETS)}") from None
+        return factory()
+
+    @staticmethod
+    def preset_names() -> list[str]:
+        return sorted(_PRESETS)
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return _lists(d)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> SpotConfig:
+        return _build(SpotConfig, d, "")
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @staticmethod
+    def from_yaml(path: str | Path) -> SpotConfig:
+        path = Path(path)
+        try:
+            d = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(d).__name__}")
+        try:
+            return SpotConfig.from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    def override(self, assignments: list[str] | None) -> SpotConfig:
+        """Apply ``section.key=value`` overrides (values parsed as YAML scalars/lists)."""
+        if not assignments:
+            return self
+        d = self.to_dict()
+        for a in assignments:
+            if "=" not in a:
+                raise ConfigError(f"override {a!r} is not of the form section.key=value")
+            key, raw = a.split("=", 1)
+            parts = key.strip().split(".")
+            node = d
+            for p in parts[:-1]:
+                if not isinstance(node, dict) or p not in node:
+                    raise ConfigError(f"override {a!r}: unknown section {p!r}")
+                node = node[p]
+            if not isinstance(node, dict) or parts[-1] not in node:
+                raise ConfigError(f"override {a!r}: unknown key {key!r}")
+            node[parts[-1]] = yaml.safe_load(raw)
+        return SpotConfig.from_dict(d)
+
+    def replace(self, **changes: Any) -> SpotConfig:
+        return dataclasses.replace(self, **changes)
+
+    def config_hash(self) -> str:
+        """A short stable hash of the whole config (for export metadata and checkpoints)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def class_name(self, idx: int) -> str:
+        if self.class_names:
+            return self.class_names[idx]
+        return f"class_{idx}"
+
+
+def _lists(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _lists(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_lists(v) for v in x]
+    return x
+
+
+def _build(cls: type, d: Any, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(d).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(d) - set(known)
+    if unknown:
+        raise ConfigError(f"{where or 'config'}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    kwargs = {}
+    defaults = cls()
+    for name, value in d.items():
+        default = getattr(defaults, name)
+        sub = f"{where}.{name}" if where else name
+        if is_dataclass(default):
+            kwargs[name] = _build(type(default), value, sub)
+        elif isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{sub}: expected a list, got {value!r}")
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = _coerce(default, value, sub, f_type=known[name].type)
+    return cls(**kwargs)
+
+
+def _coerce(default: Any, value: Any, where: str, f_type: Any) -> Any:
+    optional = "None" in str(f_type)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: may not be null")
+    if isinstance(default, bool) or "bool" in str(f_type):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if "int" in str(f_type) and "float" not in str(f_type):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if "float" in str(f_type):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if "str" in str(f_type):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def validate(cfg: SpotConfig) -> None:
+    """Raise :class:`ConfigError` on values no run could use."""
+    m, dc, dec, tr = cfg.model, cfg.data, cfg.decode, cfg.train
+    for name in ("feat_dim", "num_snippets", "num_classes", "num_heads", "mask_hidden"):
+        if getattr(m, name) < 1:
+            raise ConfigError(f"model.{name} must be >= 1, got {getattr(m, name)}")
+    if m.head_dim is not None and m.head_dim < 1:
+        raise ConfigError(f"model.head_dim must be >= 1 or null, got {m.head_dim}")
+    for name in ("attn_dropout", "embed_dropout", "pretext_dropout"):
+        if not 0.0 <= getattr(m, name) < 1.0:
+            raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(m, name)}")
+    if dc.mode not in ("rescale", "window"):
+        raise ConfigError(f"data.mode must be 'rescale' or 'window', got {dc.mode!r}")
+    if dc.stride < 1:
+        raise ConfigError(f"data.stride must be >= 1, got {dc.stride}")
+    if dc.snippet_rate is not None and dc.snippet_rate <= 0:
+        raise ConfigError(f"data.snippet_rate must be > 0, got {dc.snippet_rate}")
+    if dec.class_mode not in ("window", "snippet"):
+        raise ConfigError(f"decode.class_mode must be 'window' or 'snippet', got {dec.class_mode!r}")
+    if dec.top_k < 1:
+        raise ConfigError(f"decode.top_k must be >= 1, got {dec.top_k}")
+    if dec.nms_sigma <= 0:
+        raise ConfigError(f"decode.nms_sigma must be > 0, got {dec.nms_sigma}")
+    if dec.max_detections < 1:
+        raise ConfigError(f"decode.max_detections must be >= 1, got {dec.max_detections}")
+    if tr.epochs < 0 or tr.batch_size < 1:
+        raise ConfigError("train.epochs must be >= 0 and train.batch_size >= 1")
+    if cfg.class_names and len(cfg.class_names) != m.num_classes:
+        raise ConfigError(
+            f"class_names has {len(cfg.class_names)} names but model.num_classes is {m.num_classes}"
+        )
+
+
+def _anet() -> SpotConfig:
+    return SpotConfig(name="anet")
+
+
+def _toy() -> SpotConfig:
+    return SpotConfig(
+        name="toy",
+        model=ModelConfig(feat_dim=32, num_snippets=64, num_classes=6, num_heads=2, head_dim=32,
+                          mask_hidden=64, embed_dropout=0.1),
+        data=DataConfig(mode="rescale"),
+        train=TrainConfig(epochs=30, batch_size=16, lr=1e-3, weight_decay=1e-4, lr_step=20, lr_gamma=0.2,
+                          seed=1),
+        decode=DecodeConfig(class_mode="snippet", nms_class_aware=True),
+    )
+
+
+_PRESETS = {"anet": _anet, "toy": _toy}

@@ -1,0 +1,1 @@
+"""Annotations, feature files, windows and the synthetic data generator."""
