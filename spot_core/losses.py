@@ -1,0 +1,91 @@
+"""Supervised SPOT losses (DESIGN.md section 4), vectorised over batch and snippets.
+
+total = cls_weight * focal_ce + mask_bce_weight * balanced_bce + mask_dice_weight * dice
+
+Deviations from the original code (documented in docs/deviations.md):
+- the focal modulation is applied per snippet, ``(1 - p_t)^gamma * CE``, as in the focal-loss paper;
+  the original modulated the batch-mean cross entropy by ``exp(-mean CE)``;
+- the dice loss is ``1 - (2 sum(p t) + 1) / (sum(p^2) + sum(t^2) + 1)``; the original omitted the 2,
+  so its minimum was 0.5 instead of 0;
+- padded snippets (a window past the end of a video) are excluded from every term.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .config import LossConfig
+
+
+def focal_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, gamma: float = 2.0
+) -> torch.Tensor:
+    """Focal-modulated cross entropy over K+1 classes.
+
+    logits: [B, K+1, T], target: [B, T] long (K = background), valid: [B, T] bool.
+    """
+    ce = F.cross_entropy(logits.float(), target, reduction="none")  # [B, T]
+    pt = torch.exp(-ce)
+    loss = (1.0 - pt).pow(gamma) * ce
+    if valid is None:
+        return loss.mean()
+    w = valid.to(loss.dtype)
+    return (loss * w).sum() / w.sum().clamp_min(1.0)
+
+
+def balanced_bce(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Class-balanced BCE of the original: positives x 0.5r, negatives x 0.5r/(r-1), r = entries/positives.
+
+    pred, target: [B, T, T]; weight: [B, T, T] in {0, 1} selects the entries that count.
+    """
+    pred = pred.float().clamp(1e-6, 1.0 - 1e-6)
+    w = torch.ones_like(pred) if weight is None else weight.float()
+    pos = (target > 0.5).float() * w
+    neg = (target <= 0.5).float() * w
+    num_pos = pos.sum() + 10.0  # smoothing of the original, "in case of nan"
+    num_entries = num_pos + neg.sum() + 10.0
+    ratio = num_entries / num_pos
+    coef_pos = 0.5 * ratio
+    coef_neg = 0.5 * ratio / (ratio - 1.0)
+    loss = coef_pos * torch.log(pred) * pos + coef_neg * torch.log(1.0 - pred) * neg
+    return -loss.sum() / num_entries
+
+
+def dice_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-window dice loss with squared denominators, mean over the batch. pred, target: [B, T, T]."""
+    p = pred.float().flatten(1)
+    t = target.float().flatten(1)
+    if weight is not None:
+        w = weight.float().flatten(1)
+        p, t = p * w, t * w
+    num = 2.0 * (p * t).sum(1) + 1.0
+    den = p.pow(2).sum(1) + t.pow(2).sum(1) + 1.0
+    return (1.0 - num / den).mean()
+
+
+def mask_weight(valid: torch.Tensor) -> torch.Tensor:
+    """[B, T] valid snippets -> [B, T, T] entries whose row and column are both valid."""
+    v = valid.float()
+    return v.unsqueeze(2) * v.unsqueeze(1)
+
+
+def mask_loss(
+    pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None, cfg: LossConfig
+) -> torch.Tensor:
+    """Mask head loss: bce_weight x balanced BCE + dice_weight x dice. pred, target: [B, T, T]."""
+    w = None if valid is None else mask_weight(valid)
+    return cfg.mask_bce_weight * balanced_bce(pred, target, w) + cfg.mask_dice_weight * dice_loss(pred, target, w)
+
+
+def supervised_loss(
+    out: dict[str, torch.Tensor],
+    cls_target: torch.Tensor,
+    mask_target: torch.Tensor,
+    valid: torch.Tensor | None,
+    cfg: LossConfig,
+) -> dict[str, torch.Tensor]:
+    """The labelled-window loss. Returns ``{"loss", "cls", "mask"}`` (scalars)."""
+    cls = focal_cross_entropy(out["logits"], cls_target, valid, cfg.focal_gamma)
+    msk = mask_loss(out["mask"], mask_target, valid, cfg)
+    return {"loss": cfg.cls_weight * cls + msk, "cls": cls.detach(), "mask": msk.detach()}
