@@ -51,6 +51,7 @@ class DataConfig:
     trim_targets: bool = False  # trim one snippet off each end of every instance (original SPOT)
     min_inside: float = 0.5  # window mode: keep a clipped instance if this fraction lies inside
     normalize: bool = False  # standardise features with training-set statistics
+    protocol: str = "activitynet"  # evaluation tIoU thresholds: "activitynet" (0.5:0.05:0.95) or "thumos"
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,8 @@ def validate(cfg: SpotConfig) -> None:
             raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(m, name)}")
     if dc.mode not in ("rescale", "window"):
         raise ConfigError(f"data.mode must be 'rescale' or 'window', got {dc.mode!r}")
+    if dc.protocol not in ("activitynet", "thumos"):
+        raise ConfigError(f"data.protocol must be 'activitynet' or 'thumos', got {dc.protocol!r}")
     if dc.stride < 1:
         raise ConfigError(f"data.stride must be >= 1, got {dc.stride}")
     if dc.snippet_rate is not None and dc.snippet_rate <= 0:

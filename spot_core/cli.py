@@ -1,0 +1,34 @@
+"""Helpers shared by the command-line entry points (config selection, logging)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from .config import ConfigError, SpotConfig
+
+
+def add_config_args(p: argparse.ArgumentParser, default_preset: str | None = "toy") -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--config", type=str, help="YAML config file")
+    g.add_argument("--preset", type=str, default=None,
+                   help=f"named preset ({', '.join(SpotConfig.preset_names())}); default {default_preset}")
+    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. --set train.epochs=5 model.num_heads=2")
+    p.set_defaults(_default_preset=default_preset)
+
+
+def config_from_args(args: argparse.Namespace) -> SpotConfig:
+    if args.config:
+        cfg = SpotConfig.from_yaml(args.config)
+    else:
+        name = args.preset or args._default_preset
+        if name is None:
+            raise ConfigError("give --config FILE or --preset NAME")
+        cfg = SpotConfig.preset(name)
+    return cfg.override(args.overrides)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
