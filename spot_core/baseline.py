@@ -24,8 +24,15 @@ log = logging.getLogger(__name__)
 THRESHOLDS = (0.2, 0.35, 0.5, 0.65, 0.8)
 
 
-def fit_linear(windows: Sequence[Window], num_classes: int, *, epochs: int = 200, lr: float = 0.05,
-               weight_decay: float = 1e-4, seed: int = 0) -> nn.Linear:
+def fit_linear(
+    windows: Sequence[Window],
+    num_classes: int,
+    *,
+    epochs: int = 200,
+    lr: float = 0.05,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+) -> nn.Linear:
     """Multinomial logistic regression on the valid snippets of labelled windows (full-batch Adam)."""
     x = np.concatenate([w.features_tc()[: w.valid] for w in windows if w.labeled and w.has_targets])
     y = np.concatenate([w.cls_target[: w.valid] for w in windows if w.labeled and w.has_targets])
@@ -45,12 +52,13 @@ def fit_linear(windows: Sequence[Window], num_classes: int, *, epochs: int = 200
 def _runs(on: np.ndarray) -> list[tuple[int, int]]:
     """[start, end) of every run of True in a 1-D bool array."""
     d = np.diff(np.concatenate([[0], on.astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist(), strict=False))
 
 
 @torch.no_grad()
-def predict_linear(lin: nn.Linear, windows: Sequence[Window], cfg: SpotConfig,
-                   durations: dict[str, float] | None = None) -> dict:
+def predict_linear(
+    lin: nn.Linear, windows: Sequence[Window], cfg: SpotConfig, durations: dict[str, float] | None = None
+) -> dict:
     """Threshold per-snippet class probabilities into scored segments; ActivityNet result JSON."""
     k = cfg.model.num_classes
     props = []
@@ -70,7 +78,7 @@ def predict_linear(lin: nn.Linear, windows: Sequence[Window], cfg: SpotConfig,
     sc = torch.zeros(n, m)
     lab = torch.zeros(n, m, dtype=torch.long)
     val = torch.zeros(n, m, dtype=torch.bool)
-    for i, (w, cand) in enumerate(zip(windows, props)):
+    for i, (w, cand) in enumerate(zip(windows, props, strict=False)):
         for j, ((s, e, c), score) in enumerate(cand.items()):
             seg[i, j, 0] = w.t_start + s * w.snippet_sec
             seg[i, j, 1] = w.t_start + e * w.snippet_sec

@@ -64,7 +64,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from None
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a SPOT checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})")
+        raise CheckpointError(
+            f"{path}: not a SPOT checkpoint (format {meta.get('format')!r}, expected {FORMAT!r})"
+        )
     return meta
 
 
@@ -79,7 +81,9 @@ def checkpoint_config(path: str | Path) -> SpotConfig:
         raise CheckpointError(f"{path}: stored config is invalid: {e}") from None
 
 
-def load_model(path: str | Path, cfg: SpotConfig | None = None, map_location: str = "cpu") -> tuple[SPOT, SpotConfig]:
+def load_model(
+    path: str | Path, cfg: SpotConfig | None = None, map_location: str = "cpu"
+) -> tuple[SPOT, SpotConfig]:
     """Load a checkpoint into a fresh :class:`SPOT` in eval mode.
 
     ``cfg`` defaults to the config stored in the file; when given, every tensor is checked against

@@ -11,10 +11,20 @@ from .config import ConfigError, SpotConfig
 def add_config_args(p: argparse.ArgumentParser, default_preset: str | None = "toy") -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--config", type=str, help="YAML config file")
-    g.add_argument("--preset", type=str, default=None,
-                   help=f"named preset ({', '.join(SpotConfig.preset_names())}); default {default_preset}")
-    p.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="config overrides, e.g. --set train.epochs=5 model.num_heads=2")
+    g.add_argument(
+        "--preset",
+        type=str,
+        default=None,
+        help=f"named preset ({', '.join(SpotConfig.preset_names())}); default {default_preset}",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. --set train.epochs=5 model.num_heads=2",
+    )
     p.set_defaults(_default_preset=default_preset)
 
 
@@ -30,5 +40,8 @@ def config_from_args(args: argparse.Namespace) -> SpotConfig:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )

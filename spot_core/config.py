@@ -285,11 +285,19 @@ def _anet() -> SpotConfig:
 def _toy() -> SpotConfig:
     return SpotConfig(
         name="toy",
-        model=ModelConfig(feat_dim=32, num_snippets=64, num_classes=6, num_heads=2, head_dim=32,
-                          mask_hidden=64, embed_dropout=0.1),
+        model=ModelConfig(
+            feat_dim=32,
+            num_snippets=64,
+            num_classes=6,
+            num_heads=2,
+            head_dim=32,
+            mask_hidden=64,
+            embed_dropout=0.1,
+        ),
         data=DataConfig(mode="rescale"),
-        train=TrainConfig(epochs=30, batch_size=16, lr=1e-3, weight_decay=1e-4, lr_step=20, lr_gamma=0.2,
-                          seed=1),
+        train=TrainConfig(
+            epochs=30, batch_size=16, lr=1e-3, weight_decay=1e-4, lr_step=20, lr_gamma=0.2, seed=1
+        ),
         decode=DecodeConfig(class_mode="snippet", nms_class_aware=True),
     )
 

@@ -48,7 +48,9 @@ def run_demo(out: Path, cfg, *, seed: int = 0, progress: bool = True) -> dict:
     base = evaluate_detection(val_set, base_preds["results"], tious, subset=None)
 
     vids = sorted(val_set.videos)[:4]
-    plot_timelines(val_set, preds["results"], vids, out / "timeline.png", title="SPOT on the embedded validation set")
+    plot_timelines(
+        val_set, preds["results"], vids, out / "timeline.png", title="SPOT on the embedded validation set"
+    )
     summary = {
         "tious": [round(float(t), 2) for t in tious],
         "spot": spot.to_dict(),
@@ -56,8 +58,11 @@ def run_demo(out: Path, cfg, *, seed: int = 0, progress: bool = True) -> dict:
         "best_epoch": res.best_epoch,
         "train_videos": len(train_set),
         "val_videos": len(val_set),
-        "seconds": {"generate": round(t_gen, 1), "train": round(t_train, 1),
-                    "total": round(time.perf_counter() - t0, 1)},
+        "seconds": {
+            "generate": round(t_gen, 1),
+            "train": round(t_train, 1),
+            "total": round(time.perf_counter() - t0, 1),
+        },
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -70,14 +75,20 @@ def format_table(summary: dict) -> str:
     rows = [head, sep]
     for name, key in (("SPOT (toy preset)", "spot"), ("per-snippet linear + thresholds", "baseline_linear")):
         r = summary[key]
-        rows.append(f"| {name} | " + " | ".join(f"{100 * m:.1f}" for m in r["mAP"].values()) +
-                    f" | **{100 * r['average_mAP']:.1f}** |")
+        rows.append(
+            f"| {name} | "
+            + " | ".join(f"{100 * m:.1f}" for m in r["mAP"].values())
+            + f" | **{100 * r['average_mAP']:.1f}** |"
+        )
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m spot_core.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m spot_core.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_args(p, default_preset="toy")
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--seed", type=int, default=0, help="synthetic data seed")
@@ -89,9 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_demo(out, cfg, seed=args.seed, progress=not args.no_progress)
     print()
     print(format_table(summary))
-    print(f"\n{summary['train_videos']} training / {summary['val_videos']} validation videos; "
-          f"best epoch {summary['best_epoch']}; {summary['seconds']['total']:.0f} s in all")
-    print(f"detections: {out / 'detections.json'}  timeline: {out / 'timeline.png'}  summary: {out / 'summary.json'}")
+    print(
+        f"\n{summary['train_videos']} training / {summary['val_videos']} validation videos; "
+        f"best epoch {summary['best_epoch']}; {summary['seconds']['total']:.0f} s in all"
+    )
+    print(
+        f"detections: {out / 'detections.json'}  timeline: {out / 'timeline.png'}  "
+        f"summary: {out / 'summary.json'}"
+    )
     return 0
 
 

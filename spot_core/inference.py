@@ -64,4 +64,8 @@ def predict_windows(
 
 
 def cfg_class_names(cfg: SpotConfig) -> list[str]:
-    return list(cfg.class_names) if cfg.class_names else [cfg.class_name(i) for i in range(cfg.model.num_classes)]
+    return (
+        list(cfg.class_names)
+        if cfg.class_names
+        else [cfg.class_name(i) for i in range(cfg.model.num_classes)]
+    )

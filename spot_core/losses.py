@@ -34,7 +34,9 @@ def focal_cross_entropy(
     return (loss * w).sum() / w.sum().clamp_min(1.0)
 
 
-def balanced_bce(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+def balanced_bce(
+    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Class-balanced BCE of the original: positives x 0.5r, negatives x 0.5r/(r-1), r = entries/positives.
 
     pred, target: [B, T, T]; weight: [B, T, T] in {0, 1} selects the entries that count.
@@ -75,7 +77,9 @@ def mask_loss(
 ) -> torch.Tensor:
     """Mask head loss: bce_weight x balanced BCE + dice_weight x dice. pred, target: [B, T, T]."""
     w = None if valid is None else mask_weight(valid)
-    return cfg.mask_bce_weight * balanced_bce(pred, target, w) + cfg.mask_dice_weight * dice_loss(pred, target, w)
+    return cfg.mask_bce_weight * balanced_bce(pred, target, w) + cfg.mask_dice_weight * dice_loss(
+        pred, target, w
+    )
 
 
 def supervised_loss(

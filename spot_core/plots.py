@@ -34,16 +34,26 @@ def plot_timelines(
     color = {c: cmap(i % cmap.N) for i, c in enumerate(classes)}
     n = len(video_ids)
     fig, axes = plt.subplots(n, 1, figsize=(12, 1.5 * n + 0.8), squeeze=False)
-    for ax, vid in zip(axes[:, 0], video_ids):
+    for ax, vid in zip(axes[:, 0], video_ids, strict=False):
         video = gt.videos[vid]
         for inst in video.instances:
-            ax.barh(1, inst.end - inst.start, left=inst.start, height=0.8, color=color.get(inst.label, "grey"))
+            ax.barh(
+                1, inst.end - inst.start, left=inst.start, height=0.8, color=color.get(inst.label, "grey")
+            )
         dets = sorted(results.get(vid, []), key=lambda d: -d["score"])
         dets = [d for d in dets if d["score"] >= min_score][:max_dets]
         for d in dets:
             s, e = d["segment"]
-            ax.barh(0, e - s, left=s, height=0.8, color=color.get(d["label"], "grey"),
-                    alpha=float(min(1.0, 0.25 + d["score"])), edgecolor="black", linewidth=0.3)
+            ax.barh(
+                0,
+                e - s,
+                left=s,
+                height=0.8,
+                color=color.get(d["label"], "grey"),
+                alpha=float(min(1.0, 0.25 + d["score"])),
+                edgecolor="black",
+                linewidth=0.3,
+            )
         ax.set_xlim(0, video.duration)
         ax.set_yticks([0, 1], ["detected", "ground truth"])
         ax.set_ylabel(vid, rotation=0, ha="right", va="center", fontsize=8)

@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = config_from_args(args)
-        res = train(cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress, device=args.device)
+        res = train(
+            cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress, device=args.device
+        )
     except (ConfigError, CheckpointError, AnnotationError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

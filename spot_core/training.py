@@ -50,7 +50,9 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-def make_optimizer(model: SPOT, cfg: SpotConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+def make_optimizer(
+    model: SPOT, cfg: SpotConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.train.lr_step, gamma=cfg.train.lr_gamma)
     return opt, sched
@@ -75,7 +77,10 @@ def train_one_epoch(
         x = batch["features"].to(device)
         out = model.forward_train(x)
         losses = supervised_loss(
-            out, batch["cls_target"].to(device), batch["mask_target"].to(device), batch["valid_mask"].to(device),
+            out,
+            batch["cls_target"].to(device),
+            batch["mask_target"].to(device),
+            batch["valid_mask"].to(device),
             cfg.loss,
         )
         opt.zero_grad(set_to_none=True)
@@ -121,7 +126,12 @@ def train(
     labeled = [w for w in train_windows if w.labeled and w.has_targets]
     if not labeled:
         raise ValueError(f"{data_dir}: no labelled training windows")
-    log.info("train windows: %d labelled of %d; val windows: %d", len(labeled), len(train_windows), len(val_windows))
+    log.info(
+        "train windows: %d labelled of %d; val windows: %d",
+        len(labeled),
+        len(train_windows),
+        len(val_windows),
+    )
     cfg.to_yaml(out / "config.yaml")
 
     torch.manual_seed(cfg.train.seed)
@@ -139,26 +149,49 @@ def train(
         t0 = time.perf_counter()
         torch.manual_seed(epoch_seed(cfg.train.seed, epoch))
         gen = torch.Generator().manual_seed(epoch_seed(cfg.train.seed, epoch))
-        loader = DataLoader(dataset, batch_size=cfg.train.batch_size, shuffle=True, generator=gen,
-                            num_workers=cfg.train.num_workers, drop_last=False)
+        loader = DataLoader(
+            dataset,
+            batch_size=cfg.train.batch_size,
+            shuffle=True,
+            generator=gen,
+            num_workers=cfg.train.num_workers,
+            drop_last=False,
+        )
         losses = train_one_epoch(model, loader, opt, cfg, epoch=epoch, progress=progress)
         sched.step()
         preds, res = validate(model, val_windows, val_set, cfg)
-        row = {"epoch": epoch, **{f"loss_{k}": v for k, v in losses.items()}, "val_average_mAP": res["average_mAP"],
-               "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2)}
+        row = {
+            "epoch": epoch,
+            **{f"loss_{k}": v for k, v in losses.items()},
+            "val_average_mAP": res["average_mAP"],
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
         history.append(row)
-        log.info("epoch %d loss %.4f val mAP %.4f (%.1fs)", epoch, losses.get("loss", float("nan")),
-                 res["average_mAP"], row["seconds"])
+        log.info(
+            "epoch %d loss %.4f val mAP %.4f (%.1fs)",
+            epoch,
+            losses.get("loss", float("nan")),
+            res["average_mAP"],
+            row["seconds"],
+        )
         if res["average_mAP"] > best_map:
             best_map, best_epoch = res["average_mAP"], epoch
             save_model(out / "best.safetensors", model, cfg, epoch=epoch, val_average_mAP=best_map)
             (out / "val_predictions.json").write_text(json.dumps(preds))
         save_model(out / "last.safetensors", model, cfg, epoch=epoch, val_average_mAP=res["average_mAP"])
-        save_train_state(state_path, {
-            "epoch": epoch + 1, "best_map": best_map, "best_epoch": best_epoch,
-            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "config_hash": cfg.config_hash(),
-            "history": json.dumps(history),
-        })
+        save_train_state(
+            state_path,
+            {
+                "epoch": epoch + 1,
+                "best_map": best_map,
+                "best_epoch": best_epoch,
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "config_hash": cfg.config_hash(),
+                "history": json.dumps(history),
+            },
+        )
         with metrics_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
     return TrainResult(out, best_map, best_epoch, history)
@@ -177,4 +210,9 @@ def _resume(out: Path, model: SPOT, opt, sched, cfg: SpotConfig) -> tuple[int, f
     model.load_state_dict(loaded.state_dict())
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
-    return int(state["epoch"]), float(state["best_map"]), int(state["best_epoch"]), json.loads(state["history"])
+    return (
+        int(state["epoch"]),
+        float(state["best_map"]),
+        int(state["best_epoch"]),
+        json.loads(state["history"]),
+    )

@@ -10,9 +10,18 @@ from spot_core.config import ConfigError, SpotConfig
 def test_presets() -> None:
     anet = SpotConfig.preset("anet")
     assert (anet.model.feat_dim, anet.model.num_snippets, anet.model.num_classes, anet.model.num_heads) == (
-        400, 100, 200, 4)
+        400,
+        100,
+        200,
+        4,
+    )
     assert anet.model.d_head == 400
-    assert (anet.train.lr, anet.train.weight_decay, anet.train.batch_size, anet.train.epochs) == (4e-4, 5e-3, 100, 25)
+    assert (anet.train.lr, anet.train.weight_decay, anet.train.batch_size, anet.train.epochs) == (
+        4e-4,
+        5e-3,
+        100,
+        25,
+    )
     assert anet.decode.mask_thresholds == (0.0, 0.2, 0.4, 0.6, 0.8)
     toy = SpotConfig.preset("toy")
     assert toy.model.feat_dim < anet.model.feat_dim

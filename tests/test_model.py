@@ -80,7 +80,9 @@ def test_losses_behave() -> None:
     valid[:, 4:] = False
     logits2 = logits.clone()
     logits2[:, :, 4:] = torch.randn(2, 3, 2) * 10
-    assert torch.isclose(focal_cross_entropy(logits, target, valid), focal_cross_entropy(logits2, target, valid))
+    assert torch.isclose(
+        focal_cross_entropy(logits, target, valid), focal_cross_entropy(logits2, target, valid)
+    )
 
 
 def test_supervised_loss_backward() -> None:
@@ -104,7 +106,9 @@ def test_checkpoint_roundtrip_and_mismatch(tmp_path) -> None:
     x = torch.randn(1, 32, 64)
     torch.testing.assert_close(m(x)[0], m2(x)[0])
     other = cfg.override(["model.num_classes=5"])
-    with pytest.raises(CheckpointError, match=r"classifier.weight: checkpoint \[7, 32, 1\] vs config \[6, 32, 1\]"):
+    with pytest.raises(
+        CheckpointError, match=r"classifier.weight: checkpoint \[7, 32, 1\] vs config \[6, 32, 1\]"
+    ):
         load_model(p, other)
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(p.read_bytes()[:200])
