@@ -87,6 +87,8 @@ class DecodeConfig:
     mask_thresholds: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)
     class_thresholds: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     min_len_frac: float = 0.02  # a mask run must be longer than this fraction of T
+    mask_segment: str = "filled"  # "filled": [first, last] above threshold (original); "anchored": the run
+    # of the row's own top snippet t (one instance per row when a window holds several instances)
     class_mode: str = "window"  # "window": one class per window (original); "snippet": per top snippet
     nms_sigma: float = 0.1  # Gaussian Soft-NMS decay exp(-iou^2 / sigma)
     nms_class_aware: bool = False
@@ -264,6 +266,8 @@ def validate(cfg: SpotConfig) -> None:
         raise ConfigError(f"data.snippet_rate must be > 0, got {dc.snippet_rate}")
     if dec.class_mode not in ("window", "snippet"):
         raise ConfigError(f"decode.class_mode must be 'window' or 'snippet', got {dec.class_mode!r}")
+    if dec.mask_segment not in ("filled", "anchored"):
+        raise ConfigError(f"decode.mask_segment must be 'filled' or 'anchored', got {dec.mask_segment!r}")
     if dec.top_k < 1:
         raise ConfigError(f"decode.top_k must be >= 1, got {dec.top_k}")
     if dec.nms_sigma <= 0:
@@ -296,9 +300,9 @@ def _toy() -> SpotConfig:
         ),
         data=DataConfig(mode="rescale"),
         train=TrainConfig(
-            epochs=30, batch_size=16, lr=1e-3, weight_decay=1e-4, lr_step=20, lr_gamma=0.2, seed=1
+            epochs=40, batch_size=16, lr=1e-3, weight_decay=1e-4, lr_step=30, lr_gamma=0.2, seed=1
         ),
-        decode=DecodeConfig(class_mode="snippet", nms_class_aware=True),
+        decode=DecodeConfig(class_mode="snippet", mask_segment="anchored", nms_class_aware=True),
     )
 
 

@@ -25,6 +25,11 @@ proposals):
    (snippet mode; ties: earliest snippet).
 6. Window mode multiplies every proposal score by ``ws``; snippet mode does not.
 
+``mask_segment="anchored"`` (an option of ours, off by default) replaces step 4's segment and run
+by the run of ``on`` that contains the row's own snippet t (invalid when t itself is off): every
+row then yields its own instance even when a window holds several. Length test and score as in
+step 4, on that run. Step 5 likewise takes, per top row t, the run of ``s > th`` that contains t.
+
 Output layout: ``M = k * len(mask_thresholds) + k * len(class_thresholds)`` proposals per window,
 mask proposals first (top-row major, then threshold), then class proposals (top-row major, then
 threshold). Invalid proposals have ``valid=False``, score 0, segment ``[0, 0]``, label 0.
@@ -207,6 +212,20 @@ def _longest_run(on: Tensor) -> tuple[Tensor, Tensor]:
     return a, length
 
 
+def _run_at(on: Tensor, at: Tensor) -> tuple[Tensor, Tensor]:
+    """The run of True over the last dim of ``on [..., T]`` that contains index ``at [...]``: ``(a, length)``.
+
+    ``length`` is 0 (and ``a`` is T) where ``on[..., at]`` is False.
+    """
+    T = on.shape[-1]
+    pos = torch.arange(T, device=on.device)
+    prev = torch.cat([torch.zeros_like(on[..., :1]), on[..., :-1]], dim=-1)
+    run_id = torch.where(on, torch.cumsum(on & ~prev, dim=-1), 0)  # run_id: [..., T], 0 = off
+    mine = run_id.gather(-1, at[..., None])  # mine: [..., 1], 0 when the anchor is off
+    in_mine = (run_id == mine) & (mine > 0)
+    return torch.where(in_mine, pos, T).amin(dim=-1), in_mine.sum(dim=-1)
+
+
 def _window_class(logits: Tensor, valid_t: Tensor | None, K: int) -> tuple[Tensor, Tensor]:
     """argmax / max of softmax of the time-averaged foreground logits (valid snippets only)."""
     fg = logits[:, :K].float()  # fg: [B, K, T]
@@ -250,6 +269,7 @@ def decode_windows(
     k = min(cfg.top_k, T)
     nm, nc = len(cfg.mask_thresholds), len(cfg.class_thresholds)
     window_mode = cfg.class_mode == "window"
+    anchored = cfg.mask_segment == "anchored"
     pos = torch.arange(T, device=dev)
     neg_inf = torch.tensor(float("-inf"), device=dev)
 
@@ -280,7 +300,11 @@ def decode_windows(
     mthr = torch.tensor(cfg.mask_thresholds, dtype=torch.float32, device=dev)  # mthr: [nm]
     on = (rows[:, :, None, :] > mthr[:, None]) & valid_t[:, None, None, :]  # on: [B, k, nm, T]
     has, first, last = _first_last(on)  # [B, k, nm] each
-    a, run_len = _longest_run(on)  # [B, k, nm]
+    if anchored:  # the run that contains the row's own snippet t (none when t is off)
+        a, run_len = _run_at(on, top[:, :, None].expand(B, k, nm))  # [B, k, nm]
+        has = run_len > 0
+    else:
+        a, run_len = _longest_run(on)  # [B, k, nm]
     b = a + run_len - 1
     # b - a > min_len_frac * T for integers b - a, decided in float64 once: b - a >= floor(...) + 1
     min_span = math.floor(cfg.min_len_frac * T) + 1
@@ -295,25 +319,36 @@ def decode_windows(
     p_max = torch.where(in_run, p_lab[:, :, None, :], neg_inf).amax(dim=-1)  # [B, k, nm]
     m_mean = torch.where(in_run, rows[:, :, None, :], 0.0).sum(dim=-1) / run_len.clamp(min=1)
     m_score = torch.where(m_ok, p_max * m_mean, 0.0)
-    m_seg = torch.stack([first, last + 1], dim=-1).float()  # m_seg: [B, k, nm, 2]
+    if anchored:
+        m_seg = torch.stack([a, b + 1], dim=-1).float()  # m_seg: [B, k, nm, 2]
+    else:
+        m_seg = torch.stack([first, last + 1], dim=-1).float()  # m_seg: [B, k, nm, 2]
 
     # 5. class-activation proposals over [B, nc, T], combined with the k top rows
     cthr = torch.tensor(cfg.class_thresholds, dtype=torch.float32, device=dev)  # cthr: [nc]
     con = (s[:, None, :] > cthr[:, None]) & valid_t[:, None, :]  # con: [B, nc, T]
-    chas, cfirst, clast = _first_last(con)  # [B, nc] each
-    c_ok = chas & (clast - cfirst > 1)
-    in_span = (pos >= cfirst[..., None]) & (pos <= clast[..., None])  # in_span: [B, nc, T]
-    s_span = torch.where(in_span, s[:, None, :], neg_inf)  # s_span: [B, nc, T]
-    span_score = s_span.amax(dim=-1)  # [B, nc]
-    row_max = torch.where(in_span[:, None], rows[:, :, None, :], neg_inf).amax(dim=-1)  # [B, k, nc]
-    cc_ok = c_ok[:, None, :] & top_ok[:, :, None]  # [B, k, nc]
-    cc_score = torch.where(cc_ok, span_score[:, None, :] * row_max, 0.0)
+    if anchored:  # per top row: the run of ``con`` that contains t -> spans [B, k, nc]
+        ca, clen = _run_at(con[:, None].expand(B, k, nc, T), top[:, :, None].expand(B, k, nc))
+        cfirst, clast = ca, ca + clen - 1
+        c_ok = (clen > 0) & (clast - cfirst > 1)  # [B, k, nc]
+        in_span = (pos >= cfirst[..., None]) & (pos <= clast[..., None])  # in_span: [B, k, nc, T]
+        s_span = torch.where(in_span, s[:, None, None, :], neg_inf)  # s_span: [B, k, nc, T]
+        row_max = torch.where(in_span, rows[:, :, None, :], neg_inf).amax(dim=-1)  # [B, k, nc]
+    else:  # one span per threshold, shared by every top row
+        chas, cfirst, clast = _first_last(con)  # [B, nc] each
+        c_ok = (chas & (clast - cfirst > 1))[:, None, :].expand(B, k, nc)
+        in_span = (pos >= cfirst[..., None]) & (pos <= clast[..., None])  # in_span: [B, nc, T]
+        s_span = torch.where(in_span, s[:, None, :], neg_inf)[:, None].expand(B, k, nc, T)
+        row_max = torch.where(in_span[:, None], rows[:, :, None, :], neg_inf).amax(dim=-1)  # [B, k, nc]
+        cfirst, clast = cfirst[:, None].expand(B, k, nc), clast[:, None].expand(B, k, nc)
+    span_score = s_span.amax(dim=-1)  # [B, k, nc]
+    cc_ok = c_ok & top_ok[:, :, None]  # [B, k, nc]
+    cc_score = torch.where(cc_ok, span_score * row_max, 0.0)
     if window_mode:
         c_label = wc[:, None, None].expand(B, k, nc)
     else:
-        span_cls = c.gather(1, s_span.argmax(dim=-1))  # span_cls: [B, nc]
-        c_label = span_cls[:, None, :].expand(B, k, nc)
-    c_seg = torch.stack([cfirst, clast + 1], dim=-1).float()[:, None].expand(B, k, nc, 2)
+        c_label = c.gather(1, s_span.argmax(dim=-1).reshape(B, k * nc)).reshape(B, k, nc)
+    c_seg = torch.stack([cfirst, clast + 1], dim=-1).float()  # c_seg: [B, k, nc, 2]
 
     # 6. window score
     if window_mode:

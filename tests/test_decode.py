@@ -258,6 +258,7 @@ def reference_decode(logits, mask, cfg, video_class=None, video_score=None, vali
     labels = np.zeros((B, M), dtype=np.int64)
     valid = np.zeros((B, M), dtype=bool)
     window = cfg.class_mode == "window"
+    anchored = cfg.mask_segment == "anchored"
     for b in range(B):
         n = T if valid_len is None else int(valid_len[b])
         p = p_all[b]
@@ -294,6 +295,15 @@ def reference_decode(logits, mask, cfg, video_class=None, video_score=None, vali
                             best_a, best_len = run_a, u - run_a
                         run_a = None
                 a, bb = best_a, best_a + best_len - 1
+                if anchored:  # the run around t itself; none when t is off
+                    if not on[t]:
+                        continue
+                    a, bb = t, t
+                    while a > 0 and on[a - 1]:
+                        a -= 1
+                    while bb + 1 < n and on[bb + 1]:
+                        bb += 1
+                    first, last = a, bb
                 if not (bb - a) > cfg.min_len_frac * T:
                     continue
                 lab = wc if window else int(c[t])
@@ -310,6 +320,14 @@ def reference_decode(logits, mask, cfg, video_class=None, video_score=None, vali
                     continue
                 idx = np.flatnonzero(on)
                 first, last = int(idx[0]), int(idx[-1])
+                if anchored:
+                    if not on[t]:
+                        continue
+                    first, last = t, t
+                    while first > 0 and on[first - 1]:
+                        first -= 1
+                    while last + 1 < n and on[last + 1]:
+                        last += 1
                 if not last - first > 1:
                     continue
                 span = s[first : last + 1]
@@ -375,6 +393,7 @@ def decode_problems(draw):
         ),
         min_len_frac=draw(st.sampled_from([0.0, 0.02, 0.1])),
         class_mode=draw(st.sampled_from(["window", "snippet"])),
+        mask_segment=draw(st.sampled_from(["filled", "anchored"])),
         nms_sigma=draw(st.sampled_from([0.1, 0.5])),
         nms_class_aware=draw(st.booleans()),
         max_detections=draw(st.integers(1, 30)),
@@ -590,3 +609,24 @@ def test_detect_anet_preset_time():
     )
     assert d.segments.shape == (B, cfg.max_detections, 2)
     assert med < 2.0
+
+
+def test_anchored_segments_follow_each_rows_own_instance():
+    # Two instances in one window, [1, 4) class 0 and [6, 9) class 1; every mask row marks both.
+    T, K = 10, 2
+    logits = torch.full((1, K + 1, T), -4.0)
+    logits[0, K] = 4.0  # background elsewhere
+    logits[0, 0, 1:4], logits[0, K, 1:4] = 4.0, -4.0
+    logits[0, 1, 6:9], logits[0, K, 6:9] = 3.0, -4.0
+    fg = torch.zeros(T)
+    fg[1:4] = fg[6:9] = 0.9
+    mask = fg.expand(1, T, T).clone()
+    base = DecodeConfig(
+        top_k=6, mask_thresholds=(0.5,), class_thresholds=(), min_len_frac=0.1, class_mode="snippet"
+    )
+    filled = decode_windows(logits, mask, base)
+    anchored = decode_windows(logits, mask, DecodeConfig(**{**base.__dict__, "mask_segment": "anchored"}))
+    # filled: every row gives the holes-filled span [1, 9); anchored: each row its own instance
+    assert {tuple(x) for x in filled.segments[0].tolist()} == {(1.0, 9.0)}
+    got = {(tuple(seg), lab) for seg, lab in zip(anchored.segments[0].tolist(), anchored.labels[0].tolist())}
+    assert got == {((1.0, 4.0), 0), ((6.0, 9.0), 1)}
