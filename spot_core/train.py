@@ -29,8 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         res = train(
             cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress, device=args.device
         )
-    except (ConfigError, CheckpointError, AnnotationError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ConfigError, CheckpointError, AnnotationError, ValueError, OSError, FloatingPointError) as e:
+        # bad input (the message names the file or key) or a diverged loss: one line, no traceback
+        msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}"
+        print(f"error: {msg}".replace("\n", " "), file=sys.stderr)
         return 2
     print(f"best val average mAP {res.best_map:.4f} at epoch {res.best_epoch}; checkpoints in {res.out_dir}")
     return 0

@@ -72,3 +72,7 @@ def test_bad_yaml(tmp_path) -> None:
 def test_class_names_must_match() -> None:
     with pytest.raises(ConfigError, match="class_names has 2 names"):
         SpotConfig.preset("toy").replace(class_names=("a", "b"))
+
+
+def test_float_in_exponent_notation() -> None:
+    assert SpotConfig.preset("toy").override(["train.lr=1e-2"]).train.lr == 0.01

@@ -76,6 +76,8 @@ def load_dataset(
     the statistics of the folder's training videos. Windows follow ``cfg.data.mode``.
     """
     data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise AnnotationError(f"{data_dir}: dataset folder not found")
     anno = data_dir / ANNOTATIONS_FILE
     if not anno.is_file():
         raise AnnotationError(
