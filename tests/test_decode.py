@@ -628,5 +628,8 @@ def test_anchored_segments_follow_each_rows_own_instance():
     anchored = decode_windows(logits, mask, DecodeConfig(**{**base.__dict__, "mask_segment": "anchored"}))
     # filled: every row gives the holes-filled span [1, 9); anchored: each row its own instance
     assert {tuple(x) for x in filled.segments[0].tolist()} == {(1.0, 9.0)}
-    got = {(tuple(seg), lab) for seg, lab in zip(anchored.segments[0].tolist(), anchored.labels[0].tolist())}
+    got = {
+        (tuple(seg), lab)
+        for seg, lab in zip(anchored.segments[0].tolist(), anchored.labels[0].tolist(), strict=True)
+    }
     assert got == {((1.0, 4.0), 0), ((6.0, 9.0), 1)}
