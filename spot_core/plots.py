@@ -15,10 +15,10 @@ def plot_timelines(
     out_path: str | Path,
     *,
     min_score: float = 0.1,
-    max_dets: int = 15,
+    max_dets: int = 6,
     title: str | None = None,
 ) -> Path:
-    """Draw ground truth (top lane) and the best detections (bottom lane, alpha = score) per video.
+    """Draw ground truth (top lane) and the best detections (one lane each, score written) per video.
 
     ``results`` is the ``"results"`` mapping of an ActivityNet result JSON. Colours are per class and
     shared by both lanes, so a correct detection sits under a bar of its own colour.
@@ -33,36 +33,39 @@ def plot_timelines(
     cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
     color = {c: cmap(i % cmap.N) for i, c in enumerate(classes)}
     n = len(video_ids)
-    fig, axes = plt.subplots(n, 1, figsize=(12, 1.5 * n + 0.8), squeeze=False)
-    for ax, vid in zip(axes[:, 0], video_ids, strict=False):
+    fig, axes = plt.subplots(n, 1, figsize=(12, (0.6 + 0.3 * max_dets) * n + 1.0), squeeze=False)
+    for ax, vid in zip(axes[:, 0], video_ids, strict=True):
         video = gt.videos[vid]
+        top = max_dets + 0.5  # ground truth lane above the detection lanes
         for inst in video.instances:
             ax.barh(
-                1, inst.end - inst.start, left=inst.start, height=0.8, color=color.get(inst.label, "grey")
+                top, inst.end - inst.start, left=inst.start, height=0.9, color=color.get(inst.label, "grey")
             )
         dets = sorted(results.get(vid, []), key=lambda d: -d["score"])
         dets = [d for d in dets if d["score"] >= min_score][:max_dets]
-        for d in dets:
+        for rank, d in enumerate(dets):  # one thin lane per detection, best on top
             s, e = d["segment"]
+            y = max_dets - 1 - rank
             ax.barh(
-                0,
+                y,
                 e - s,
                 left=s,
-                height=0.8,
+                height=0.7,
                 color=color.get(d["label"], "grey"),
-                alpha=float(min(1.0, 0.25 + d["score"])),
                 edgecolor="black",
                 linewidth=0.3,
             )
-        ax.set_xlim(0, video.duration)
-        ax.set_yticks([0, 1], ["detected", "ground truth"])
-        ax.set_ylabel(vid, rotation=0, ha="right", va="center", fontsize=8)
+            ax.text(e, y, f" {d['score']:.2f}", va="center", fontsize=7)
+        ax.set_xlim(0, video.duration * 1.06)
+        ax.set_ylim(-0.6, top + 0.6)
+        ax.set_yticks([top, (max_dets - 1) / 2], ["ground truth", f"top {max_dets} detections"])
+        ax.set_title(vid, fontsize=8, loc="left")
     axes[-1, 0].set_xlabel("time (s)")
     handles = [Patch(color=color[c], label=c) for c in classes]
-    fig.legend(handles=handles, loc="upper center", ncol=min(len(classes), 6), fontsize=8, frameon=False)
     if title:
-        fig.suptitle(title, y=0.995, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(classes), 6), fontsize=8, frameon=False)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=110)
