@@ -10,7 +10,7 @@ proposals):
 1. ``p = softmax(logits, dim=1)``; ``s_t, c_t`` = max / argmax of ``p[:K, t]`` (ties: lowest class).
 2. Window class ``wc`` and score ``ws``: the external video-level label and score when given,
    else argmax / max of ``softmax(mean_t logits[:K, t])`` (the mean runs over the valid snippets).
-3. Top ``k = min(top_k, T)`` snippets by ``s_t`` (stable sort: equal scores keep the lower snippet
+3. Top ``k = min(top_k, T)`` snippets by ``s_t`` (stable order: equal scores keep the lower snippet
    index first). With ``valid_len`` only valid snippets rank; top rows beyond them are invalid.
 4. Mask proposals, for each top snippet t and mask threshold th: ``on = mask[t, :] > th`` (valid
    snippets only); none on: invalid. ``first``/``last`` on index give the segment
@@ -226,6 +226,23 @@ def _run_at(on: Tensor, at: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(in_mine, pos, T).amin(dim=-1), in_mine.sum(dim=-1)
 
 
+def _stable_top_indices(x: Tensor, k: int) -> Tensor:
+    """Indices of the ``k`` largest entries of each row of ``x [B, T]``, descending, ties: lower index first.
+
+    Equal to ``torch.sort(x, dim=1, descending=True, stable=True).indices[:, :k]`` (no NaN), but
+    written as a rank count, ``rank_t = #{u: x_u > x_t} + #{u < t: x_u == x_t}`` over a [B, T, T]
+    comparison and a scatter, because the ONNX exporter has no stable sort and ``TopK`` tie order
+    is not guaranteed by every backend (torch.compile included).
+    """
+    T = x.shape[-1]
+    pos = torch.arange(T, device=x.device)
+    xt, xu = x[:, :, None], x[:, None, :]  # x_t: [B, T, 1], x_u: [B, 1, T]
+    before = (xu > xt) | ((xu == xt) & (pos[None, :] < pos[:, None]))  # before: [B, T(t), T(u)]
+    rank = before.sum(dim=-1)  # rank: [B, T], a permutation of 0..T-1 per row
+    order = torch.zeros_like(rank).scatter(1, rank, pos.expand_as(rank))  # order: [B, T]
+    return order[:, :k]
+
+
 def _window_class(logits: Tensor, valid_t: Tensor | None, K: int) -> tuple[Tensor, Tensor]:
     """argmax / max of softmax of the time-averaged foreground logits (valid snippets only)."""
     fg = logits[:, :K].float()  # fg: [B, K, T]
@@ -291,7 +308,7 @@ def decode_windows(
 
     # 3. top-k snippets, stable: ties keep the lower index
     s_rank = torch.where(valid_t, s, neg_inf)
-    top = torch.sort(s_rank, dim=1, descending=True, stable=True).indices[:, :k]  # top: [B, k]
+    top = _stable_top_indices(s_rank, k)  # top: [B, k]
     top_ok = valid_t.gather(1, top)  # top_ok: [B, k]
     rows = mask.gather(1, top[:, :, None].expand(B, k, T)).float()  # rows: [B, k, T]
     c_top = c.gather(1, top)  # c_top: [B, k]

@@ -91,7 +91,7 @@ def format_table(summary: dict) -> str:
     rows = [head, sep]
     for name, key in (
         ("SPOT (toy preset, last epoch)", "spot"),
-        ("per-snippet linear + thresholds", "baseline_linear"),
+        ("per-snippet linear + arg-max runs", "baseline_linear"),
     ):
         r = summary[key]
         rows.append(
