@@ -80,6 +80,49 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SemiConfig:
+    """Pretraining (stage 1) and semi-supervised fine-tuning (stage 2), DESIGN.md section 4.
+
+    With the defaults (no label split, ``pretrain_epochs: 0``) training is the supervised loop.
+    Stage 2 is semi-supervised when the training set has unlabelled windows (a split from
+    ``labeled_fraction`` or ``split_file``, or videos the annotation file marks unlabelled) and
+    ``use_unlabeled`` is on.
+    """
+
+    labeled_fraction: float | None = None  # keep labels of this fraction of training videos (seeded)
+    split_file: str | None = None  # video_info csv whose "training_unlabel" videos lose their labels
+    split_seed: int = 0  # seed of the labeled_fraction split
+    use_unlabeled: bool = True  # False: stage 2 trains on the labelled windows only
+    pretrain_epochs: int = 0  # stage 1 epochs (the original: 30)
+    refine: bool = True  # contrastive boundary refinement in stage 2
+    unlabeled_batch_size: int | None = None  # None: the original's rule from the label fraction
+    # stage 1: random-foreground mask loss + reconstruction + clip order (classifier frozen)
+    pretrain_min_len: int = 5  # snippets per random segment, at least
+    pretrain_max_frac: float = 0.5  # a random segment covers at most this fraction of the window
+    pretrain_max_segments: int = 2
+    pretrain_drop: float = 0.1  # element dropout of the reconstruction input
+    pretrain_mask_weight: float = 1.0
+    pretrain_recon_weight: float = 1.0
+    pretrain_order_weight: float = 1.0
+    # stage 2
+    cls_threshold: float = 0.7  # pseudo-label: argmax class kept where its probability >= this
+    mask_threshold: float = 0.7  # pseudo mask target: prediction >= this
+    unlabeled_weight: float = 1.0
+    recon_weight: float = 0.1
+    recon_drop: float = 0.2
+    # "snippet" (the original's dropout2d on [B, T, C] zeroes whole snippets), "channel" or "element"
+    recon_drop_mode: str = "snippet"
+    refine_weight: float = 1.0
+    order_weight: float = 1.0
+    temperature: float = 0.07
+    k_easy: int = 10
+    k_hard: int = 20
+    easy_drop: float = 0.3
+    band_inner: int = 4  # kernel sizes of the boundary bands (erosion / dilation)
+    band_outer: int = 8
+
+
+@dataclass(frozen=True)
 class DecodeConfig:
     """Post-processing of one window into scored segments (DESIGN.md section 4, steps 1-6)."""
 
@@ -104,6 +147,7 @@ class SpotConfig:
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     class_names: tuple[str, ...] = ()
 
@@ -281,10 +325,46 @@ def validate(cfg: SpotConfig) -> None:
         raise ConfigError(f"decode.max_detections must be >= 1, got {dec.max_detections}")
     if tr.epochs < 0 or tr.batch_size < 1:
         raise ConfigError("train.epochs must be >= 0 and train.batch_size >= 1")
+    _validate_semi(cfg.semi)
     if cfg.class_names and len(cfg.class_names) != m.num_classes:
         raise ConfigError(
             f"class_names has {len(cfg.class_names)} names but model.num_classes is {m.num_classes}"
         )
+
+
+def _validate_semi(s: SemiConfig) -> None:
+    if s.labeled_fraction is not None and not 0.0 < s.labeled_fraction <= 1.0:
+        raise ConfigError(f"semi.labeled_fraction must be in (0, 1] or null, got {s.labeled_fraction}")
+    if s.labeled_fraction is not None and s.split_file is not None:
+        raise ConfigError("semi.labeled_fraction and semi.split_file are exclusive: give one")
+    if s.pretrain_epochs < 0:
+        raise ConfigError(f"semi.pretrain_epochs must be >= 0, got {s.pretrain_epochs}")
+    if s.unlabeled_batch_size is not None and s.unlabeled_batch_size < 1:
+        raise ConfigError(f"semi.unlabeled_batch_size must be >= 1 or null, got {s.unlabeled_batch_size}")
+    if s.recon_drop_mode not in ("snippet", "channel", "element"):
+        raise ConfigError(
+            f"semi.recon_drop_mode must be snippet, channel or element, not {s.recon_drop_mode!r}"
+        )
+    rates = (
+        "cls_threshold",
+        "mask_threshold",
+        "recon_drop",
+        "easy_drop",
+        "pretrain_drop",
+        "pretrain_max_frac",
+    )
+    for name in rates:
+        if not 0.0 <= getattr(s, name) <= 1.0:
+            raise ConfigError(f"semi.{name} must be in [0, 1], got {getattr(s, name)}")
+    if s.easy_drop >= 1.0 or s.recon_drop >= 1.0 or s.pretrain_drop >= 1.0:
+        raise ConfigError("semi dropout rates must be < 1")
+    if s.temperature <= 0:
+        raise ConfigError(f"semi.temperature must be > 0, got {s.temperature}")
+    for name in ("pretrain_min_len", "pretrain_max_segments", "k_easy", "k_hard", "band_inner"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"semi.{name} must be >= 1, got {getattr(s, name)}")
+    if s.band_outer <= s.band_inner:
+        raise ConfigError(f"semi.band_outer ({s.band_outer}) must be > semi.band_inner ({s.band_inner})")
 
 
 def _anet() -> SpotConfig:

@@ -93,3 +93,50 @@ def supervised_loss(
     cls = focal_cross_entropy(out["logits"], cls_target, valid, cfg.focal_gamma)
     msk = mask_loss(out["mask"], mask_target, valid, cfg)
     return {"loss": cfg.cls_weight * cls + msk, "cls": cls.detach(), "mask": msk.detach()}
+
+
+@torch.no_grad()
+def pseudo_targets(
+    out: dict[str, torch.Tensor],
+    valid: torch.Tensor | None,
+    cls_threshold: float = 0.7,
+    mask_threshold: float = 0.7,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pseudo-labels of an unlabelled batch from the current model's own (detached) predictions.
+
+    Returns ``(cls_target [B, T] long, cls_keep [B, T] bool, mask_target [B, T, T] float)``:
+    the per-snippet argmax over K+1 classes, kept where its probability is ``>= cls_threshold``
+    (and the snippet is real); the mask pseudo-target is ``mask >= mask_threshold``.
+    """
+    prob = out["logits"].detach().float().softmax(dim=1)  # [B, K+1, T]
+    conf, cls = prob.max(dim=1)  # [B, T]
+    keep = conf >= cls_threshold
+    if valid is not None:
+        keep = keep & valid
+    return cls, keep, (out["mask"].detach() >= mask_threshold).float()
+
+
+def unlabeled_loss(
+    out: dict[str, torch.Tensor],
+    valid: torch.Tensor | None,
+    cfg: LossConfig,
+    cls_threshold: float = 0.7,
+    mask_threshold: float = 0.7,
+) -> dict[str, torch.Tensor]:
+    """The supervised loss terms against :func:`pseudo_targets`. Returns ``{"loss", "cls", "mask",
+    "confident"}`` (scalars; ``confident`` is the fraction of real snippets with a kept class).
+
+    Snippets below ``cls_threshold`` are **ignored** by the classification term (weight 0, neither
+    foreground nor background); when none is kept the term is 0. The mask term uses every real entry.
+    """
+    cls_t, keep, mask_t = pseudo_targets(out, valid, cls_threshold, mask_threshold)
+    cls = focal_cross_entropy(out["logits"], cls_t, keep, cfg.focal_gamma)
+    msk = mask_loss(out["mask"], mask_t, valid, cfg)
+    n_real = keep.numel() if valid is None else valid.sum().clamp_min(1)
+    confident = keep.sum() / n_real
+    return {
+        "loss": cfg.cls_weight * cls + msk,
+        "cls": cls.detach(),
+        "mask": msk.detach(),
+        "confident": confident.detach().float(),
+    }

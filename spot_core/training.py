@@ -1,4 +1,18 @@
-"""Supervised training loop: progress, loss logging, validation mAP per epoch, safe checkpoints, resume.
+"""Training loop: progress, loss logging, validation mAP per epoch, safe checkpoints, resume.
+
+Two stages (DESIGN.md section 4, switches in ``cfg.semi``):
+
+1. pretraining, ``semi.pretrain_epochs`` epochs over all training windows with the labels unused and
+   the classifier frozen (:func:`pretrain_step`: random-foreground mask, reconstruction, clip
+   order); no validation; ``pretrain.safetensors`` after each epoch;
+2. fine-tuning, ``train.epochs`` epochs over the labelled windows. When the training set has
+   unlabelled windows (``semi.labeled_fraction`` / ``semi.split_file`` / the annotation file), each
+   step also takes an unlabelled batch (:func:`semi_step`); otherwise it is the supervised loop,
+   bit-identical to a run without the ``semi`` section.
+
+``metrics.jsonl`` rows carry ``"stage"`` (``pretrain`` / ``finetune``) when stage 1 or unlabelled
+data is used; ``train_state.pt`` records ``stage``, ``pretrain_epoch`` (finished stage-1 epochs)
+and ``epoch`` (finished stage-2 epochs), so a resume continues in either stage.
 
 Determinism on CPU: every epoch reseeds the global torch RNG (dropout) and the shuffling generator
 from ``(train.seed, epoch)``, so a run resumed at an epoch boundary replays exactly the same batches
@@ -38,14 +52,16 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_train_state, save_model, save_train_state
-from .config import SpotConfig
-from .data.annotations import AnnotationSet
+from .config import SemiConfig, SpotConfig
+from .data.annotations import AnnotationSet, apply_split_file, split_labels
 from .data.datasets import WindowDataset, load_dataset
 from .data.windows import Window
 from .evaluation import PROTOCOLS, evaluate_detection
 from .inference import predict_windows
-from .losses import supervised_loss
+from .losses import mask_loss, supervised_loss, unlabeled_loss
 from .model import SPOT
+from .pretext import clip_order_loss, drop_input, random_foreground, reconstruction_loss, swap_halves
+from .refinement import refinement_loss
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +86,11 @@ RESUME_MAY_CHANGE = ("train.epochs",)
 
 
 def _resume_config(cfg: SpotConfig) -> dict:
-    """The config as a dict with the keys of :data:`RESUME_MAY_CHANGE` removed."""
+    """The config as a dict with the keys of :data:`RESUME_MAY_CHANGE` removed (and the ``semi``
+    section when it is all defaults, so states of supervised runs written before it existed resume)."""
     d = json.loads(json.dumps(cfg.to_dict()))
+    if cfg.semi == SemiConfig():
+        d.pop("semi", None)
     for key in RESUME_MAY_CHANGE:
         *path, last = key.split(".")
         node = d
@@ -147,6 +166,203 @@ def train_one_epoch(
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
+def _accumulate(sums: dict[str, float], losses: dict[str, torch.Tensor], epoch: int, stage: str) -> None:
+    total = float(losses["loss"].detach())
+    if not math.isfinite(total):
+        raise FloatingPointError(f"loss became {total} at {stage} epoch {epoch}")
+    for k, v in losses.items():
+        sums[k] = sums.get(k, 0.0) + float(v.detach())
+
+
+def _step(model: SPOT, opt: torch.optim.Optimizer, loss: torch.Tensor, cfg: SpotConfig) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.train.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    opt.step()
+
+
+def pretrain_step(
+    model: SPOT, x: torch.Tensor, valid: torch.Tensor, cfg: SpotConfig, gen: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """Stage-1 losses of one batch (labels unused). x: [B, C, T], valid: [B, T].
+
+    ``mask``: the mask head on the random-foreground input against its segments' mask;
+    ``recon``: reconstruction of x from its element-dropped copy; ``order``: clip order on the clean
+    and the random-foreground inputs together.
+    """
+    sc = cfg.semi
+    x_fg, m_t, _ = random_foreground(
+        x,
+        valid,
+        min_len=sc.pretrain_min_len,
+        max_frac=sc.pretrain_max_frac,
+        max_segments=sc.pretrain_max_segments,
+        generator=gen,
+    )
+    msk = mask_loss(model.forward_train(x_fg)["mask"], m_t, valid, cfg.loss)
+    rec = reconstruction_loss(model.embed(drop_input(x, sc.pretrain_drop, "element", gen)), x, valid)
+    xo, lab = swap_halves(torch.cat([x, x_fg], 0), gen)
+    order = clip_order_loss(model.clip_order(model.embed(xo)), lab)
+    total = sc.pretrain_mask_weight * msk + sc.pretrain_recon_weight * rec + sc.pretrain_order_weight * order
+    return {"loss": total, "mask": msk.detach(), "recon": rec.detach(), "order": order.detach()}
+
+
+def pretrain_one_epoch(
+    model: SPOT,
+    loader: DataLoader,
+    opt: torch.optim.Optimizer,
+    cfg: SpotConfig,
+    *,
+    epoch: int,
+    gen: torch.Generator,
+    progress: bool = True,
+) -> dict[str, float]:
+    """One stage-1 pass over all training windows with the classifier frozen. Mean of each loss term."""
+    model.train()
+    device = next(model.parameters()).device
+    frozen = list(model.classifier.parameters())
+    for prm in frozen:
+        prm.requires_grad_(False)
+    sums: dict[str, float] = {}
+    n = 0
+    try:
+        bar = tqdm(loader, desc=f"pretrain {epoch}", unit="batch", disable=not progress, leave=False)
+        for batch in bar:
+            x, valid = batch["features"].to(device), batch["valid_mask"].to(device)
+            losses = pretrain_step(model, x, valid, cfg, gen)
+            _step(model, opt, losses["loss"], cfg)
+            _accumulate(sums, losses, epoch, "pretrain")
+            n += 1
+            bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
+    finally:
+        for prm in frozen:
+            prm.requires_grad_(True)
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def semi_step(
+    model: SPOT,
+    lab: dict[str, torch.Tensor],
+    unl: dict[str, torch.Tensor],
+    cfg: SpotConfig,
+    gen: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """Stage-2 losses of a labelled and an unlabelled batch (tensors already on the device).
+
+    total = supervised(lab) + unlabeled_weight * pseudo-label loss(unl)
+            + recon_weight * (recon(lab) + recon(unl)) + refine_weight * (refine(lab) + refine(unl))
+            + order_weight * clip order(lab and unl together)
+    """
+    sc = cfg.semi
+    xl, vl, xu, vu = lab["features"], lab["valid_mask"], unl["features"], unl["valid_mask"]
+    bl = xl.shape[0]
+    out = model.forward_train(torch.cat([xl, xu], 0))
+    out_l = {k: v[:bl] for k, v in out.items()}
+    out_u = {k: v[bl:] for k, v in out.items()}
+    sup = supervised_loss(out_l, lab["cls_target"], lab["mask_target"], vl, cfg.loss)
+    uns = unlabeled_loss(out_u, vu, cfg.loss, sc.cls_threshold, sc.mask_threshold)
+    x_all = torch.cat([xl, xu], 0)
+    emb = model.embed(drop_input(x_all, sc.recon_drop, sc.recon_drop_mode, gen))
+    rec = reconstruction_loss(emb[:bl], xl, vl) + reconstruction_loss(emb[bl:], xu, vu)
+    xo, lab_o = swap_halves(x_all, gen)
+    order = clip_order_loss(model.clip_order(model.embed(xo)), lab_o)
+    total = sup["loss"] + sc.unlabeled_weight * uns["loss"] + sc.recon_weight * rec + sc.order_weight * order
+    losses = {
+        "cls": sup["cls"],
+        "mask": sup["mask"],
+        "u_loss": uns["loss"].detach(),
+        "u_cls": uns["cls"],
+        "u_mask": uns["mask"],
+        "u_confident": uns["confident"],
+        "recon": rec.detach(),
+        "order": order.detach(),
+    }
+    if sc.refine:
+        kw = dict(
+            temperature=sc.temperature,
+            k_easy=sc.k_easy,
+            k_hard=sc.k_hard,
+            easy_drop=sc.easy_drop,
+            inner=sc.band_inner,
+            outer=sc.band_outer,
+            generator=gen,
+        )
+        ref = refinement_loss(out_l["logits"], out_l["mask"], out_l["embedding"], vl, **kw)
+        ref = ref + refinement_loss(out_u["logits"], out_u["mask"], out_u["embedding"], vu, **kw)
+        total = total + sc.refine_weight * ref
+        losses["refine"] = ref.detach()
+    return {"loss": total, **losses}
+
+
+def _forever(loader: DataLoader):
+    """Batches of ``loader``, starting a new pass whenever one ends."""
+    while True:
+        yield from loader
+
+
+def train_semi_one_epoch(
+    model: SPOT,
+    loader: DataLoader,
+    unlabeled: DataLoader,
+    opt: torch.optim.Optimizer,
+    cfg: SpotConfig,
+    *,
+    epoch: int,
+    gen: torch.Generator,
+    progress: bool = True,
+) -> dict[str, float]:
+    """One stage-2 pass over the labelled windows; each step also takes the next unlabelled batch
+    (the unlabelled loader restarts when it runs out, as in the original). Mean of each loss term."""
+    model.train()
+    device = next(model.parameters()).device
+    sums: dict[str, float] = {}
+    n = 0
+    unl_iter = _forever(unlabeled)
+    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
+    for batch in bar:
+        lab = {k: v.to(device) for k, v in batch.items()}
+        unl = {k: v.to(device) for k, v in next(unl_iter).items()}
+        losses = semi_step(model, lab, unl, cfg, gen)
+        _step(model, opt, losses["loss"], cfg)
+        _accumulate(sums, losses, epoch, "fine-tune")
+        n += 1
+        bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def unlabeled_batch_size(batch_size: int, num_labeled: int, num_unlabeled: int, semi: SemiConfig) -> int:
+    """Unlabelled windows per step. ``semi.unlabeled_batch_size`` when set, else the original's rule
+    ``min(max(round(B u / (4 (1 - u))) * 4, 4), 24)`` with u the unlabelled fraction of the training
+    windows; never more than the unlabelled windows there are."""
+    if semi.unlabeled_batch_size is not None:
+        size = semi.unlabeled_batch_size
+    else:
+        u = num_unlabeled / max(num_labeled + num_unlabeled, 1)
+        size = min(max(round(batch_size * u / (4 * (1.0 - u))) * 4, 4), 24)
+    return max(1, min(size, num_unlabeled))
+
+
+def label_split(cfg: SpotConfig):
+    """The ``relabel`` function of :func:`load_dataset` for ``cfg.semi`` (None: labels as in the file)."""
+    sc = cfg.semi
+    if sc.labeled_fraction is not None:
+        return lambda aset: split_labels(aset, sc.labeled_fraction, seed=sc.split_seed)
+    if sc.split_file is not None:
+        return lambda aset: apply_split_file(aset, sc.split_file)
+    return None
+
+
+def _aug_seed(seed: int, stage: str, epoch: int) -> int:
+    """Seed of the generator for random inputs and mining (apart from dropout and shuffling)."""
+    return epoch_seed(seed, epoch) * 4 + (1 if stage == "pretrain" else 2)
+
+
+def pretrain_seed(seed: int, epoch: int) -> int:
+    """Dropout / shuffling seed of pretraining epoch ``epoch`` (fine-tune epochs use :func:`epoch_seed`)."""
+    return epoch_seed(seed, -1 - epoch)
+
+
 def validate(
     model: SPOT, windows: list[Window], gt: AnnotationSet, cfg: SpotConfig, *, progress: bool = False
 ) -> tuple[dict, dict]:
@@ -166,37 +382,97 @@ def train(
     progress: bool = True,
     device: str = "cpu",
 ) -> TrainResult:
-    """Train SPOT with the labelled training windows of ``data_dir``; validate every epoch."""
+    """Train SPOT on the training windows of ``data_dir``; validate every fine-tuning epoch.
+
+    Stage 1 (``cfg.semi.pretrain_epochs`` epochs, all training windows, labels unused) pretrains
+    with the pretext tasks; stage 2 (``cfg.train.epochs``) is the supervised loop, or the
+    semi-supervised one when the training set has unlabelled windows (``cfg.semi``).
+    """
     out = Path(out_dir)
-    train_set, train_windows = load_dataset(data_dir, cfg, "training")
+    train_set, train_windows = load_dataset(data_dir, cfg, "training", relabel=label_split(cfg))
     val_set, val_windows = load_dataset(data_dir, cfg, "validation")
     if not cfg.class_names:
         cfg = cfg.replace(class_names=tuple(train_set.classes))
     labeled = [w for w in train_windows if w.labeled and w.has_targets]
     if not labeled:
         raise ValueError(f"{data_dir}: no labelled training windows")
+    unlabeled = [w for w in train_windows if not w.labeled] if cfg.semi.use_unlabeled else []
     log.info(
-        "train windows: %d labelled of %d; val windows: %d",
+        "train windows: %d labelled of %d%s; val windows: %d",
         len(labeled),
         len(train_windows),
+        f" ({len(unlabeled)} unlabelled used)" if unlabeled else "",
         len(val_windows),
     )
 
     torch.manual_seed(cfg.train.seed)
     model = SPOT(cfg.model).to(device)
     opt, sched = make_optimizer(model, cfg)
-    start_epoch, best_map, best_epoch, history = 0, -1.0, -1, []
+    start_epoch, best_map, best_epoch, history, start_pre = 0, -1.0, -1, [], 0
     state_path = out / "train_state.pt"
     if resume:
-        start_epoch, best_map, best_epoch, history = _resume(out, model, opt, sched, cfg)
-        log.info("resumed from %s at epoch %d", out, start_epoch)
+        start_epoch, best_map, best_epoch, history, start_pre = _resume(out, model, opt, sched, cfg)
+        log.info("resumed from %s at pretrain epoch %d, epoch %d", out, start_pre, start_epoch)
     out.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(out / "config.yaml")
+
+    def save_state(pre_done: int, epoch_next: int) -> None:
+        save_train_state(
+            state_path,
+            {
+                "stage": "pretrain" if pre_done < cfg.semi.pretrain_epochs else "finetune",
+                "pretrain_epoch": pre_done,
+                "epoch": epoch_next,
+                "best_map": best_map,
+                "best_epoch": best_epoch,
+                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "config_hash": resume_hash(cfg),
+                "config": json.dumps(_resume_config(cfg)),
+                "history": json.dumps(history),
+            },
+        )
 
     dataset = WindowDataset(labeled)
     metrics_path = out / "metrics.jsonl"
     # a fresh run starts a new log; a resumed one keeps exactly the epochs in the saved state
     metrics_path.write_text("".join(json.dumps(row) + "\n" for row in history))
+
+    # ---------------------------------------------------------------- stage 1: pretraining
+    if start_pre < cfg.semi.pretrain_epochs:
+        all_windows = WindowDataset(train_windows)
+    for epoch in range(start_pre, cfg.semi.pretrain_epochs):
+        t0 = time.perf_counter()
+        torch.manual_seed(pretrain_seed(cfg.train.seed, epoch))
+        loader = DataLoader(
+            all_windows,
+            batch_size=cfg.train.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(pretrain_seed(cfg.train.seed, epoch)),
+            num_workers=cfg.train.num_workers,
+        )
+        aug = torch.Generator().manual_seed(_aug_seed(cfg.train.seed, "pretrain", epoch))
+        losses = pretrain_one_epoch(model, loader, opt, cfg, epoch=epoch, gen=aug, progress=progress)
+        row = {
+            "stage": "pretrain",
+            "epoch": epoch,
+            **{f"loss_{k}": v for k, v in losses.items()},
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        history.append(row)
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        log.info("pretrain epoch %d loss %.4f (%.1fs)", epoch, losses["loss"], row["seconds"])
+        save_model(out / "pretrain.safetensors", model, cfg, pretrain_epoch=epoch)
+        save_state(epoch + 1, 0)
+
+    # ---------------------------------------------------------------- stage 2: (semi-)supervised
+    unl_dataset = WindowDataset(unlabeled) if unlabeled else None
+    bs_u = 0
+    if unlabeled:
+        bs_u = unlabeled_batch_size(cfg.train.batch_size, len(labeled), len(unlabeled), cfg.semi)
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
         torch.manual_seed(epoch_seed(cfg.train.seed, epoch))
@@ -209,10 +485,26 @@ def train(
             num_workers=cfg.train.num_workers,
             drop_last=False,
         )
-        losses = train_one_epoch(model, loader, opt, cfg, epoch=epoch, progress=progress)
+        if unl_dataset is None:
+            losses = train_one_epoch(model, loader, opt, cfg, epoch=epoch, progress=progress)
+        else:
+            aug_seed = _aug_seed(cfg.train.seed, "finetune", epoch)
+            unl_loader = DataLoader(
+                unl_dataset,
+                batch_size=bs_u,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(aug_seed + 1),
+                num_workers=cfg.train.num_workers,
+                drop_last=True,
+            )
+            aug = torch.Generator().manual_seed(aug_seed)
+            losses = train_semi_one_epoch(
+                model, loader, unl_loader, opt, cfg, epoch=epoch, gen=aug, progress=progress
+            )
         sched.step()
         preds, res = validate(model, val_windows, val_set, cfg)
         row = {
+            **({"stage": "finetune"} if cfg.semi.pretrain_epochs or unl_dataset is not None else {}),
             "epoch": epoch,
             **{f"loss_{k}": v for k, v in losses.items()},
             "val_average_mAP": res["average_mAP"],
@@ -234,24 +526,11 @@ def train(
             save_model(out / "best.safetensors", model, cfg, epoch=epoch, val_average_mAP=best_map)
             (out / "val_predictions.json").write_text(json.dumps(preds))
         save_model(out / "last.safetensors", model, cfg, epoch=epoch, val_average_mAP=res["average_mAP"])
-        save_train_state(
-            state_path,
-            {
-                "epoch": epoch + 1,
-                "best_map": best_map,
-                "best_epoch": best_epoch,
-                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "config_hash": resume_hash(cfg),
-                "config": json.dumps(_resume_config(cfg)),
-                "history": json.dumps(history),
-            },
-        )
-    return TrainResult(out, best_map, best_epoch, history)
+        save_state(cfg.semi.pretrain_epochs, epoch + 1)
+    return TrainResult(out, best_map, best_epoch, [r for r in history if r.get("stage") != "pretrain"])
 
 
-def _resume(out: Path, model: SPOT, opt, sched, cfg: SpotConfig) -> tuple[int, float, int, list[dict]]:
+def _resume(out: Path, model: SPOT, opt, sched, cfg: SpotConfig) -> tuple[int, float, int, list[dict], int]:
     from .checkpoint import check_state, load_model
 
     path = out / "train_state.pt"
@@ -282,6 +561,8 @@ def _resume(out: Path, model: SPOT, opt, sched, cfg: SpotConfig) -> tuple[int, f
             float(state["best_map"]),
             int(state["best_epoch"]),
             json.loads(state["history"]),
+            # states written before pretraining existed: it was done (there was none)
+            int(state.get("pretrain_epoch", cfg.semi.pretrain_epochs)),
         )
     except CheckpointError:
         raise

@@ -200,6 +200,27 @@ def split_labels(aset: AnnotationSet, fraction: float, *, seed: int = 0) -> Anno
     return AnnotationSet(videos, list(aset.classes))
 
 
+def apply_split_file(aset: AnnotationSet, path: PathLike) -> AnnotationSet:
+    """A copy where the training videos that the split file marks ``training_unlabel`` lose their labels.
+
+    ``path``: a SPOT ``video_info_new*.csv`` (columns ``video, ..., subset, ...``). Training videos
+    the file does not list keep their labels; a listed video of another base subset is an error.
+    """
+    split = read_video_info(path)
+    videos = {}
+    for k, v in aset.videos.items():
+        row = split.get(k)
+        if row is not None and v.base_subset == "training":
+            sub = row["subset"]
+            base = sub[: -len(UNLABELED_SUFFIX)] if sub.endswith(UNLABELED_SUFFIX) else sub
+            if base != "training":
+                raise AnnotationError(f"{path}: video {k!r} is {sub!r} there but training in the annotations")
+            lab = not sub.endswith(UNLABELED_SUFFIX)
+            v = replace(v, subset="training" if lab else "training" + UNLABELED_SUFFIX, labeled=lab)
+        videos[k] = v
+    return AnnotationSet(videos, list(aset.classes))
+
+
 # ---------------------------------------------------------------------------------------- helpers
 def _read_json(path: Path) -> Any:
     try:

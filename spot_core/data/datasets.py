@@ -10,7 +10,7 @@ out the same way)::
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -66,6 +66,7 @@ def load_dataset(
     *,
     targets: bool = True,
     progress: bool | None = None,
+    relabel: Callable[[AnnotationSet], AnnotationSet] | None = None,
 ) -> tuple[AnnotationSet, list[Window]]:
     """Read ``<data_dir>/annotations.json`` and ``<data_dir>/features/`` into windows.
 
@@ -74,6 +75,8 @@ def load_dataset(
     The classes come from the file's ``classes`` list, or ``cfg.class_names`` when it is set (it
     must then contain every label). With ``cfg.data.normalize`` the features are standardised with
     the statistics of the folder's training videos. Windows follow ``cfg.data.mode``.
+    ``relabel`` rewrites the annotation set before the subset is taken (a semi-supervised label
+    split: :func:`~spot_core.data.annotations.split_labels`, ``apply_split_file``).
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -84,6 +87,8 @@ def load_dataset(
             f"{anno}: not found (a dataset folder holds {ANNOTATIONS_FILE} and {FEATURES_DIR}/)"
         )
     aset = load_annotations(anno, class_names=list(cfg.class_names) or None)
+    if relabel is not None:
+        aset = relabel(aset)
     feat_dir = data_dir / FEATURES_DIR
     if not feat_dir.is_dir():
         raise FeatureError(f"{feat_dir}: feature folder not found")
