@@ -1,0 +1,362 @@
+"""ONNX export of the SPOT inference graph with the dynamo exporter, plus metadata checks and a runner.
+
+    python -m export.onnx --checkpoint CKPT [--preset NAME | --config FILE] [--set K=V ...] \\
+        --out model.onnx [--fp16] [--with-decode] [--opset 18]
+
+Two graphs (:mod:`export.graph`), one input ``features [B, C, T]`` with a dynamic batch ``B``
+(C and T are fixed: T by the mask head):
+
+- heads: outputs ``logits [B, K+1, T]`` and ``mask [B, T, T]``;
+- ``--with-decode``: outputs ``segments [B, M, 2]`` float32, ``scores [B, M]`` float32,
+  ``labels [B, M]`` int64 and ``valid [B, M]`` bool, the fixed-size candidate proposals of
+  :func:`spot_core.decode.decode_windows`, so an engine does everything but dedup + Soft-NMS.
+
+Precision: fp32 by default. ``--fp16`` casts the model to half before export: the input and the
+heads outputs are float16 (feed half-precision features); the decode still runs in float32, so the
+with-decode outputs keep the types above. Nothing else (bf16 ONNX, static batch) is offered.
+
+Metadata (``metadata_props``, all strings): ``spot.format``, ``spot.version`` (package),
+``spot.graph`` (``heads`` or ``heads+decode``), ``spot.precision``, ``spot.feat_dim`` (C),
+``spot.num_snippets`` (T), ``spot.num_classes`` (K), ``spot.num_proposals`` (M, decode graphs),
+``spot.class_names`` (JSON list), ``spot.config_hash`` and ``spot.config`` (YAML).
+:func:`check_onnx_metadata` refuses a file whose C, T, K, class names, version or (for decode graphs)
+decode settings differ from the runtime config. Every step is a small function; onnx and
+onnxruntime are imported lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from export.graph import INPUT_NAME, inference_graph, output_names
+from spot_core import __version__
+from spot_core.checkpoint import CheckpointError, load_model
+from spot_core.config import ConfigError, SpotConfig
+from spot_core.decode import num_proposals
+from spot_core.model import SPOT
+
+log = logging.getLogger(__name__)
+
+FORMAT = "spot-onnx-v1"
+MIN_OPSET = 18
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+# the decode settings that decode_windows reads (the rest, NMS and max_detections, stay outside the graph)
+GRAPH_DECODE_FIELDS = (
+    "top_k",
+    "mask_thresholds",
+    "class_thresholds",
+    "min_len_frac",
+    "mask_segment",
+    "class_mode",
+)
+_NP_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
+
+
+class OnnxExportError(ValueError):
+    """An ONNX export that cannot be done as asked (opset, precision, shapes)."""
+
+
+class OnnxModelError(ValueError):
+    """An ONNX file that is missing, corrupt, not a SPOT export, or does not match the config."""
+
+
+# ------------------------------------------------------------------------------------------- export
+def example_input(cfg: SpotConfig, *, batch: int = 2, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Random ``features [batch, C, T]`` (batch 2: torch specialises sizes 0 and 1)."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(batch, cfg.model.feat_dim, cfg.model.num_snippets, generator=g).to(dtype)
+
+
+def export_program(graph: torch.nn.Module, example: torch.Tensor, *, with_decode: bool, opset: int) -> Any:
+    """``torch.onnx.export(..., dynamo=True)`` with a dynamic batch; returns the ``ONNXProgram``."""
+    if opset < MIN_OPSET:
+        raise OnnxExportError(f"opset {opset} is not supported; use opset >= {MIN_OPSET}")
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        return torch.onnx.export(
+            graph,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=list(output_names(with_decode)),
+            dynamic_shapes={"x": {0: batch}},
+            verbose=False,
+        )
+    except Exception as e:  # noqa: BLE001 - the exporter raises many types; keep its message
+        raise OnnxExportError(f"torch.onnx.export (dynamo) failed: {type(e).__name__}: {e}") from e
+
+
+def metadata(cfg: SpotConfig, *, with_decode: bool, precision: str) -> dict[str, str]:
+    """The ``spot.*`` metadata strings stored in the ONNX model."""
+    m = cfg.model
+    meta = {
+        "spot.format": FORMAT,
+        "spot.version": __version__,
+        "spot.graph": "heads+decode" if with_decode else "heads",
+        "spot.precision": precision,
+        "spot.feat_dim": str(m.feat_dim),
+        "spot.num_snippets": str(m.num_snippets),
+        "spot.num_classes": str(m.num_classes),
+        "spot.class_names": json.dumps(list(cfg.class_names)),
+        "spot.config_hash": cfg.config_hash(),
+        "spot.config": cfg.to_yaml(),
+    }
+    if with_decode:
+        meta["spot.num_proposals"] = str(num_proposals(cfg.decode, m.num_snippets))
+    return meta
+
+
+def finish_proto(proto: Any, meta: dict[str, str]) -> Any:
+    """Attach metadata, check that the batch dimension stayed dynamic, run ``onnx.checker`` (full)."""
+    import onnx
+
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    proto.doc_string = "SPOT temporal action detection (spot-tad), exported by export.onnx"
+    for vi in list(proto.graph.input) + list(proto.graph.output):
+        dim0 = vi.type.tensor_type.shape.dim[0]
+        if dim0.HasField("dim_value"):
+            raise OnnxExportError(f"{vi.name}: batch dimension was baked in as {dim0.dim_value}")
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def save_proto(proto: Any, path: Path) -> Path:
+    """Write ``proto`` atomically (temporary file in the same folder, then rename)."""
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        onnx.save_model(proto, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def export_onnx(
+    model: SPOT,
+    cfg: SpotConfig,
+    path: str | Path,
+    *,
+    with_decode: bool = False,
+    fp16: bool = False,
+    opset: int = MIN_OPSET,
+) -> Path:
+    """Export ``model`` (checked against ``cfg``) to ``path``: heads graph, or heads + decode.
+
+    ``fp16`` exports a half-precision graph (float16 input and heads outputs). The model is copied,
+    never modified. Raises :class:`spot_core.checkpoint.CheckpointError` naming the tensors that do
+    not match ``cfg`` and :class:`OnnxExportError` for an unsupported opset or a failed export.
+    """
+    path = Path(path)
+    precision = "fp16" if fp16 else "fp32"
+    dtype = PRECISIONS[precision]
+    graph = inference_graph(model, cfg, with_decode=with_decode, dtype=dtype)
+    device = next(graph.parameters()).device
+    t0 = time.perf_counter()
+    program = export_program(
+        graph, example_input(cfg, dtype=dtype).to(device), with_decode=with_decode, opset=opset
+    )
+    proto = finish_proto(program.model_proto, metadata(cfg, with_decode=with_decode, precision=precision))
+    save_proto(proto, path)
+    dt = time.perf_counter() - t0
+    log.info("exported %s (%s, %s) in %.1f s", path, precision, meta_graph(with_decode), dt)
+    return path
+
+
+def meta_graph(with_decode: bool) -> str:
+    return "heads+decode" if with_decode else "heads"
+
+
+# ------------------------------------------------------------------------------------------- read
+def load_onnx(path: str | Path) -> Any:
+    """``onnx.ModelProto`` of ``path``, structurally checked; a clear :class:`OnnxModelError` otherwise."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxModelError(f"{path}: ONNX file not found")
+    try:
+        proto = onnx.load_model(str(path))
+        onnx.checker.check_model(proto)
+    except Exception as e:  # noqa: BLE001 - protobuf DecodeError, ValidationError, OSError ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise OnnxModelError(
+            f"{path}: corrupt or truncated ONNX file ({type(e).__name__}: {first})"
+        ) from None
+    if not proto.graph.node:
+        raise OnnxModelError(f"{path}: corrupt or truncated ONNX file (empty graph)")
+    return proto
+
+
+def read_onnx_metadata(path: str | Path) -> dict[str, Any]:
+    """The SPOT metadata of an ONNX export, typed: ints for C/T/K/M, a list for class names."""
+    path = Path(path)
+    props = {p.key: p.value for p in load_onnx(path).metadata_props}
+    if props.get("spot.format") != FORMAT:
+        raise OnnxModelError(
+            f"{path}: not a SPOT ONNX export (format {props.get('spot.format')!r}, expected {FORMAT!r})"
+        )
+    try:
+        meta: dict[str, Any] = {k.removeprefix("spot."): v for k, v in props.items() if k.startswith("spot.")}
+        for k in ("feat_dim", "num_snippets", "num_classes", "num_proposals"):
+            if k in meta:
+                meta[k] = int(meta[k])
+        meta["class_names"] = json.loads(meta.get("class_names", "[]"))
+    except (ValueError, TypeError) as e:
+        raise OnnxModelError(f"{path}: unreadable SPOT metadata ({e})") from None
+    return meta
+
+
+def check_onnx_metadata(path: str | Path, cfg: SpotConfig, *, version: str = __version__) -> dict[str, Any]:
+    """Raise :class:`OnnxModelError` naming every mismatch between ``path``'s metadata and ``cfg``.
+
+    Checked: C (``feat_dim``), T (``num_snippets``), K (``num_classes``), class names (when both
+    have them), package version, and for decode graphs the decode settings and M. A different
+    config hash alone (e.g. other training settings) is not an error. Returns the metadata.
+    """
+    meta = read_onnx_metadata(path)
+    m = cfg.model
+    problems = []
+    for key, label, want in (
+        ("feat_dim", "C (model.feat_dim)", m.feat_dim),
+        ("num_snippets", "T (model.num_snippets)", m.num_snippets),
+        ("num_classes", "K (model.num_classes)", m.num_classes),
+    ):
+        if meta.get(key) != want:
+            problems.append(f"{label}: file {meta.get(key)} vs config {want}")
+    if meta.get("version") != version:
+        problems.append(f"version: file {meta.get('version')} vs runtime {version}")
+    if cfg.class_names and meta["class_names"] and list(cfg.class_names) != meta["class_names"]:
+        problems.append("class names differ")
+    if meta.get("graph") == "heads+decode":
+        import yaml
+
+        try:
+            stored = SpotConfig.from_dict(yaml.safe_load(meta.get("config", "")))
+        except (ConfigError, yaml.YAMLError, TypeError) as e:
+            problems.append(f"stored config unreadable ({e})")
+        else:
+            diff = [
+                f"decode.{k}"
+                for k in GRAPH_DECODE_FIELDS
+                if getattr(stored.decode, k) != getattr(cfg.decode, k)
+            ]
+            if diff:
+                problems.append(f"decode settings baked into the graph differ: {', '.join(diff)}")
+        want_m = num_proposals(cfg.decode, m.num_snippets)
+        if meta.get("num_proposals") != want_m:
+            problems.append(f"M (proposals): file {meta.get('num_proposals')} vs config {want_m}")
+    if problems:
+        raise OnnxModelError(f"{path}: ONNX model does not match the config: " + "; ".join(problems))
+    return meta
+
+
+# ------------------------------------------------------------------------------------------- run
+class OnnxRunner:
+    """onnxruntime session of a SPOT export: ``runner(features) -> {output name: numpy array}``.
+
+    ``cfg`` (optional) is checked with :func:`check_onnx_metadata` first. Features must have the
+    graph's input dtype (float32, or float16 for fp16 exports) unless ``cast=True`` is passed to
+    :meth:`__call__`, which casts explicitly.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        cfg: SpotConfig | None = None,
+        *,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        intra_op_threads: int = 0,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.meta = check_onnx_metadata(self.path, cfg) if cfg is not None else read_onnx_metadata(self.path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=list(providers))
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise OnnxModelError(f"{self.path}: onnxruntime cannot load the model ({e})") from None
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_dtype = _NP_TYPES[inp.type]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, features: Any, *, cast: bool = False) -> dict[str, Any]:
+        import numpy as np
+
+        x = features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
+        if x.dtype != self.input_dtype:
+            if not cast:
+                raise ValueError(
+                    f"{self.path}: input must be {self.input_dtype}, got {x.dtype} (cast=True converts)"
+                )
+            x = x.astype(self.input_dtype)
+        c, t = self.meta["feat_dim"], self.meta["num_snippets"]
+        if x.ndim != 3 or x.shape[1:] != (c, t):
+            raise ValueError(f"{self.path}: features must be [B, C={c}, T={t}], got {list(x.shape)}")
+        return dict(zip(self.output_names, self.session.run(None, {self.input_name: x}), strict=True))
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    from spot_core.cli import add_config_args
+
+    ap = argparse.ArgumentParser(
+        prog="python -m export.onnx", description="Export a SPOT checkpoint to ONNX (dynamo exporter)."
+    )
+    ap.add_argument("--checkpoint", required=True, help="model checkpoint (.safetensors)")
+    ap.add_argument("--out", required=True, help="output .onnx file")
+    ap.add_argument("--fp16", action="store_true", help="half-precision graph (float16 input and heads)")
+    ap.add_argument("--with-decode", action="store_true", help="append the fixed-size decode (no NMS)")
+    ap.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
+    add_config_args(ap, default_preset=None)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Export; prints the output path. Bad input: one line ``error: ...`` and exit status 2."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        cfg = None
+        if args.config or args.preset:
+            from spot_core.cli import config_from_args
+
+            cfg = config_from_args(args)
+        elif args.overrides:
+            from spot_core.checkpoint import checkpoint_config
+
+            cfg = checkpoint_config(args.checkpoint).override(args.overrides)
+        model, cfg = load_model(args.checkpoint, cfg)
+        out = export_onnx(
+            model, cfg, args.out, with_decode=args.with_decode, fp16=args.fp16, opset=args.opset
+        )
+    except (CheckpointError, ConfigError, OnnxExportError, OnnxModelError, OSError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
