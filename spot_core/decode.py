@@ -36,8 +36,9 @@ threshold). Invalid proposals have ``valid=False``, score 0, segment ``[0, 0]``,
 
 How the longest run is found without a loop or ``cummax`` (which the ONNX exporter lacks):
 ``start_t = on_t and not on_{t-1}``; ``run_id = cumsum(start)`` where on, 0 elsewhere, numbers
-the runs 1, 2, ... in time order; a ``scatter_add`` of ``on`` by ``run_id`` gives every run's
-length and ``argmax`` (first maximum) picks the earliest of the longest runs. The test
+the runs 1, 2, ... in time order; sorting the start positions gives each run's start, hence the
+length of its run up to every snippet, and ``argmax`` (first maximum) of that picks the end of the
+earliest of the longest runs. The test
 ``b - a > min_len_frac * T`` is evaluated in float64 as ``b - a >= floor(min_len_frac * T) + 1``.
 
 :func:`detect` then removes duplicate ``(start, end, label)`` proposals of a window (keeping the
@@ -204,11 +205,15 @@ def _longest_run(on: Tensor) -> tuple[Tensor, Tensor]:
     prev = torch.cat([torch.zeros_like(on[..., :1]), on[..., :-1]], dim=-1)  # prev: [..., T], on at t-1
     starts = on & ~prev
     run_id = torch.where(on, torch.cumsum(starts, dim=-1), 0)  # run_id: [..., T], runs 1, 2, ...; 0 = off
-    lengths = torch.zeros(*on.shape[:-1], T + 1, dtype=torch.long, device=on.device)
-    lengths = lengths.scatter_add(-1, run_id, on.long())  # lengths: [..., T+1], slot 0 collects zeros
-    best = lengths[..., 1:].argmax(dim=-1, keepdim=True) + 1  # first maximum = earliest run
-    length = lengths.gather(-1, best).squeeze(-1)
-    a = torch.where(run_id == best, pos, T).amin(dim=-1)
+    # Start of the run each snippet belongs to: the run starts sorted in time are the first entries of
+    # sort(where(start, pos, T)), and run r (1-based) starts at entry r - 1. No scatter: TensorRT's
+    # parser rejects ScatterElements with reduction="add".
+    sorted_starts = torch.sort(torch.where(starts, pos, T), dim=-1).values  # [..., T]
+    run_start = sorted_starts.gather(-1, (run_id - 1).clamp(min=0))  # run_start: [..., T]
+    so_far = torch.where(on, pos - run_start + 1, 0)  # so_far: [..., T], length of the run up to t
+    length = so_far.amax(dim=-1)
+    end = so_far.argmax(dim=-1)  # first maximum: the end of the earliest longest run
+    a = torch.where(length > 0, end - length + 1, T)
     return a, length
 
 
