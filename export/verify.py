@@ -213,7 +213,7 @@ def average_map(logits: Tensor, mask: Tensor, inputs: Inputs, cfg: SpotConfig) -
     from spot_core.inference import predict_windows
 
     assert inputs.gt is not None and inputs.windows is not None
-    durations = {v.video_id: v.duration for v in inputs.gt.videos.values()}
+    durations = inputs.gt.durations()
     preds = predict_windows(_Replay(logits, mask), inputs.windows, cfg, durations=durations)
     res = evaluate_detection(inputs.gt, preds["results"], PROTOCOLS[cfg.data.protocol], subset=None)
     return 100.0 * float(res.average_mAP)

@@ -94,10 +94,9 @@ def predict_linear(
             seg[i, j, 0] = w.t_start + s * w.snippet_sec
             seg[i, j, 1] = w.t_start + e * w.snippet_sec
             sc[i, j], lab[i, j], val[i, j] = score, c, True
-    names = list(cfg.class_names) if cfg.class_names else [cfg.class_name(i) for i in range(k)]
     d = cfg.decode
     seg, sc, lab, val, _ = soft_nms(
         seg, sc, lab, val, sigma=d.nms_sigma, max_detections=d.max_detections, class_aware=d.nms_class_aware
     )  # per window, as SPOT's detect() does
     merged = merge_windows([w.video_id for w in windows], seg, sc, lab, val, d)
-    return results_json(list(merged), merged, names, durations)
+    return results_json(list(merged), merged, cfg.names(), durations)

@@ -232,6 +232,10 @@ class SpotConfig:
             return self.class_names[idx]
         return f"class_{idx}"
 
+    def names(self) -> list[str]:
+        """All K class names: ``class_names`` when set, else ``class_0 .. class_{K-1}``."""
+        return [self.class_name(i) for i in range(self.model.num_classes)]
+
 
 def _lists(x: Any) -> Any:
     if isinstance(x, dict):

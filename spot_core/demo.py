@@ -49,7 +49,7 @@ def run_demo(
     model, cfg = load_model(out / "run" / "last.safetensors")
     train_set, train_windows = load_dataset(data_dir, cfg, "training")
     val_set, val_windows = load_dataset(data_dir, cfg, "validation")
-    durations = {v.video_id: v.duration for v in val_set.videos.values()}
+    durations = val_set.durations()
     tious = PROTOCOLS[cfg.data.protocol]
 
     preds = predict_windows(model, val_windows, cfg, durations=durations)

@@ -56,16 +56,8 @@ def predict_windows(
         valid.append(det.valid)
         vids.extend(w.video_id for w in chunk)
     if not vids:
-        return results_json([], None, cfg_class_names(cfg))
+        return results_json([], None, cfg.names())
     merged = merge_windows(
         vids, torch.cat(segs), torch.cat(scores), torch.cat(labels), torch.cat(valid), cfg.decode
     )
-    return results_json(list(merged), merged, cfg_class_names(cfg), durations)
-
-
-def cfg_class_names(cfg: SpotConfig) -> list[str]:
-    return (
-        list(cfg.class_names)
-        if cfg.class_names
-        else [cfg.class_name(i) for i in range(cfg.model.num_classes)]
-    )
+    return results_json(list(merged), merged, cfg.names(), durations)

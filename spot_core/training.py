@@ -367,7 +367,7 @@ def validate(
     model: SPOT, windows: list[Window], gt: AnnotationSet, cfg: SpotConfig, *, progress: bool = False
 ) -> tuple[dict, dict]:
     """Detections on the validation windows and their mAP against ``gt``."""
-    durations = {v.video_id: v.duration for v in gt.videos.values()}
+    durations = gt.durations()
     preds = predict_windows(model, windows, cfg, durations=durations, progress=progress)
     res = evaluate_detection(gt, preds["results"], PROTOCOLS[cfg.data.protocol], subset=None)
     return preds, res.to_dict()

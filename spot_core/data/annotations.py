@@ -129,6 +129,10 @@ class AnnotationSet:
     def class_index(self) -> dict[str, int]:
         return {c: i for i, c in enumerate(self.classes)}
 
+    def durations(self) -> dict[str, float]:
+        """``{video_id: duration in seconds}`` (detections are clipped to these)."""
+        return {k: v.duration for k, v in self.videos.items()}
+
     def num_instances(self) -> int:
         return sum(len(v.instances) for v in self.videos.values())
 
