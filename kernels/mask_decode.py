@@ -52,6 +52,7 @@ from spot_core.decode import (
     _stable_top_indices,
     _tracing,
     _window_class,
+    device_constant,
 )
 
 __all__ = [
@@ -130,6 +131,7 @@ def mask_decode_reference(
     labels: Tensor,
     scale: Tensor | None = None,
     valid_len: Tensor | None = None,
+    rows_out: Tensor | None = None,
 ) -> MaskProposals:
     """Plain-PyTorch fused mask decode; same arguments as :func:`mask_decode` (inputs not checked).
 
@@ -148,6 +150,8 @@ def mask_decode_reference(
         valid_t = pos[None, :] < valid_len.to(dev).long()[:, None]  # valid_t: [B, T]
     top_ok = valid_t.gather(1, top)  # top_ok: [B, k]
     rows = torch.sigmoid(torch.einsum("bkh,bhu->bku", w2.float()[top], h.float()))  # rows: [B, k, T]
+    if rows_out is not None:
+        rows_out.copy_(rows)
 
     mthr = torch.tensor(cfg.mask_thresholds, dtype=torch.float32, device=dev)  # mthr: [nm]
     on = (rows[:, :, None, :] > mthr[:, None]) & valid_t[:, None, None, :]  # on: [B, k, nm, T]
@@ -218,8 +222,8 @@ def _kernel(interpret: bool) -> Any:
     @triton.jit
     def _mask_decode_kernel(
         h_ptr, w2_ptr, top_ptr, probs_ptr, lab_ptr, scale_ptr, vlen_ptr, thr_ptr,
-        seg_ptr, score_ptr, olab_ptr, valid_ptr,
-        k, min_span,
+        seg_ptr, score_ptr, olab_ptr, valid_ptr, rows_ptr,
+        k, min_span, C,
         s_hb, s_hh, s_ht,
         s_wt, s_wh,
         s_tb, s_tk,
@@ -228,6 +232,7 @@ def _kernel(interpret: bool) -> Any:
         H: tl.constexpr, T: tl.constexpr, NM: tl.constexpr,
         BLOCK_H: tl.constexpr, BLOCK_T: tl.constexpr,
         ANCHORED: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_VLEN: tl.constexpr,
+        STORE_ROWS: tl.constexpr,
     ):  # fmt: skip
         """One program per (window b, top row j); t = top[b, j], l = labels[b, j].
 
@@ -252,6 +257,12 @@ def _kernel(interpret: bool) -> Any:
         j = pid % k
         t = tl.load(top_ptr + b * s_tb + j * s_tk).to(tl.int32)
         lab = tl.load(lab_ptr + b * s_lb + j * s_lk)
+        # device-side guard (the launcher's range checks can be skipped, e.g. inside the custom op):
+        # a top index outside [0, T) or a label outside [0, C) gives invalid proposals, never an
+        # out-of-bounds read
+        idx_ok = (t >= 0) & (t < T) & (lab >= 0) & (lab < C)
+        t = tl.where(idx_ok, t, 0)
+        lab = tl.where(idx_ok, lab, 0)
         pos = tl.arange(0, BLOCK_T)
         in_t = pos < T
 
@@ -267,13 +278,15 @@ def _kernel(interpret: bool) -> Any:
             acc += tl.sum(w[:, None] * x, axis=0)
         e_neg = tl.exp(-tl.abs(acc))  # stable sigmoid: no exp overflow for very negative z
         r = tl.where(acc >= 0, 1.0 / (1.0 + e_neg), e_neg / (1.0 + e_neg))
+        if STORE_ROWS:  # the k top rows only ([B, k, T], contiguous): step 5 needs their maxima
+            tl.store(rows_ptr + (b * k + j) * T + pos, r, mask=in_t)
 
         if HAS_VLEN:
-            vlen = tl.load(vlen_ptr + b).to(tl.int32)
+            vlen = tl.minimum(tl.maximum(tl.load(vlen_ptr + b).to(tl.int32), 0), T)
         else:
             vlen = T
         ok_u = in_t & (pos < vlen)
-        top_ok = t < vlen
+        top_ok = (t < vlen) & idx_ok
         p = tl.load(probs_ptr + b * s_pb + lab * s_pc + pos * s_pt, mask=in_t, other=0.0).to(tl.float32)
         if HAS_SCALE:
             sc = tl.load(scale_ptr + b).to(tl.float32)
@@ -329,6 +342,7 @@ def _mask_decode_triton(
     labels: Tensor,
     scale: Tensor | None,
     valid_len: Tensor | None,
+    rows_out: Tensor | None = None,
 ) -> MaskProposals:
     B, H, T = h.shape
     k = top.shape[1]
@@ -340,19 +354,19 @@ def _mask_decode_triton(
     valid = torch.empty(B, k, nm, dtype=torch.int8, device=dev)
     if B * k == 0 or nm == 0:
         return MaskProposals(seg, score, olab, valid.bool())
-    thr = torch.tensor(cfg.mask_thresholds, dtype=torch.float32, device=dev)
+    thr = device_constant(cfg.mask_thresholds, dev)
     block_t = max(16, _next_pow2(T))
     block_h = max(1, min(_next_pow2(H), max(16, 4096 // block_t)))  # ~4K fp32 of h per step
     scale_arg = scale.float().contiguous() if scale is not None else score  # dummy, never read
     vlen_arg = valid_len.long().contiguous() if valid_len is not None else olab  # dummy, never read
     _kernel(_interpret())[(B * k,)](
         h, w2, top, probs, labels, scale_arg, vlen_arg, thr,
-        seg, score, olab, valid,
-        k, math.floor(cfg.min_len_frac * T) + 1,
+        seg, score, olab, valid, rows_out if rows_out is not None else score,
+        k, math.floor(cfg.min_len_frac * T) + 1, probs.shape[1],
         *h.stride(), *w2.stride(), *top.stride(), *probs.stride(), *labels.stride(),
         H=H, T=T, NM=nm, BLOCK_H=block_h, BLOCK_T=block_t,
         ANCHORED=cfg.mask_segment == "anchored", HAS_SCALE=scale is not None,
-        HAS_VLEN=valid_len is not None,
+        HAS_VLEN=valid_len is not None, STORE_ROWS=rows_out is not None,
     )  # fmt: skip
     return MaskProposals(seg, score, olab, valid.bool())
 
@@ -367,6 +381,8 @@ def _check(
     labels: Tensor,
     scale: Tensor | None,
     valid_len: Tensor | None,
+    rows_out: Tensor | None = None,
+    ranges: bool = True,
 ) -> None:
     if h.dim() != 3:
         raise ValueError(f"mask_decode: h must be [B, H, T], got shape {tuple(h.shape)}")
@@ -403,7 +419,17 @@ def _check(
             raise ValueError(f"mask_decode: {name} is on {x.device} but h is on {h.device}")
     if cfg.mask_segment not in ("filled", "anchored"):
         raise ValueError(f"mask_decode: unknown mask_segment {cfg.mask_segment!r}")
-    if _tracing() or B == 0:
+    if rows_out is not None and (
+        tuple(rows_out.shape) != (B, k, T)
+        or rows_out.dtype != torch.float32
+        or not rows_out.is_contiguous()
+        or rows_out.device != h.device
+    ):
+        raise ValueError(
+            f"mask_decode: rows_out must be a contiguous float32 [B, k, T] = {(B, k, T)} tensor on "
+            f"{h.device}, got {rows_out.dtype} {tuple(rows_out.shape)} on {rows_out.device}"
+        )
+    if not ranges or _tracing() or B == 0:
         return
     C = probs.shape[1]
     no = h.new_zeros((), dtype=torch.bool)
@@ -429,7 +455,9 @@ def mask_decode(
     labels: Tensor,
     scale: Tensor | None = None,
     valid_len: Tensor | None = None,
+    rows_out: Tensor | None = None,
     backend: Backend = "auto",
+    check_ranges: bool = True,
 ) -> MaskProposals:
     """Step-4 mask proposals of :func:`spot_core.decode.decode_windows` from the mask head's hidden map.
 
@@ -446,9 +474,17 @@ def mask_decode(
         scale: optional ``[B]`` factor on every score (the window score ``ws``, window mode).
         valid_len: optional ``[B]`` real snippets per window; later snippets are off and top
             rows at or beyond it are invalid.
+        rows_out: optional contiguous float32 ``[B, k, T]`` buffer that receives the k mask rows
+            ``sigmoid(W2[top] @ h)`` (the fused GPU path needs their maxima for step 5).
         backend: ``"auto"`` (Triton for CUDA tensors when triton imports, else the reference),
             ``"triton"`` (CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1``, otherwise an
             error: never a silent fallback) or ``"reference"``.
+        check_ranges: check index ranges on the host (one sync; skipped under tracing). With
+            ``False`` (the fused GPU path and the custom op, whose inputs come from
+            :func:`decode_inputs`) the kernel still guards on the device: a top index outside
+            ``[0, T)`` or a label outside ``[0, C)`` makes that row's proposals invalid and
+            ``valid_len`` is clamped to ``[0, T]``, never an out-of-bounds read. (The reference
+            backend raises an indexing error for such inputs instead.)
 
     Returns:
         :class:`MaskProposals` ``[B, k, nm]``.
@@ -458,7 +494,7 @@ def mask_decode(
             range (range checks cost one host sync and are skipped under tracing / compile).
         RuntimeError: ``backend="triton"`` that cannot run here.
     """
-    _check(h, w2, top, probs, cfg, labels, scale, valid_len)
+    _check(h, w2, top, probs, cfg, labels, scale, valid_len, rows_out, ranges=check_ranges)
     if backend == "reference":
         use_triton = False
     elif backend == "triton":
@@ -477,8 +513,10 @@ def mask_decode(
     else:
         raise ValueError(f"mask_decode: unknown backend {backend!r}; use 'auto', 'triton' or 'reference'")
     if use_triton:
-        return _mask_decode_triton(h, w2, top, probs, cfg, labels, scale, valid_len)
-    return mask_decode_reference(h, w2, top, probs, cfg, labels=labels, scale=scale, valid_len=valid_len)
+        return _mask_decode_triton(h, w2, top, probs, cfg, labels, scale, valid_len, rows_out)
+    return mask_decode_reference(
+        h, w2, top, probs, cfg, labels=labels, scale=scale, valid_len=valid_len, rows_out=rows_out
+    )
 
 
 # ------------------------------------------------------------------------------------ custom op
@@ -487,7 +525,8 @@ def mask_decode_op() -> Any:
     """Register (on first call) and return the custom op ``torch.ops.spot.mask_decode``.
 
     ``op(h, w2, top, probs, labels, scale, valid_len, thresholds, min_len_frac, anchored)`` ->
-    ``(segments, scores, labels, valid)`` as :class:`MaskProposals`; the config is flattened to
+    ``(segments, scores, labels, valid, rows)``: :class:`MaskProposals` plus the k mask rows
+    ``[B, k, T]`` float32 (what ``rows_out`` receives); the config is flattened to
     ``thresholds: list[float]``, ``min_len_frac: float``, ``anchored: bool``. It runs the Triton
     kernel for CUDA tensors (when triton imports) and the reference otherwise, and has a fake
     (meta) implementation, so ``torch.compile`` / ``torch.export`` see one opaque node instead of
@@ -507,17 +546,19 @@ def mask_decode_op() -> Any:
         thresholds: list[float],
         min_len_frac: float,
         anchored: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         cfg = DecodeConfig(
             mask_thresholds=tuple(thresholds),
             min_len_frac=min_len_frac,
             mask_segment="anchored" if anchored else "filled",
         )
         backend: Backend = "triton" if h.is_cuda and triton_available() else "reference"
+        rows = torch.empty(h.shape[0], top.shape[1], h.shape[2], dtype=torch.float32, device=h.device)
         out = mask_decode(
-            h, w2, top, probs, cfg, labels=labels, scale=scale, valid_len=valid_len, backend=backend
-        )
-        return out.segments, out.scores, out.labels, out.valid
+            h, w2, top, probs, cfg, labels=labels, scale=scale, valid_len=valid_len, rows_out=rows,
+            backend=backend, check_ranges=not h.is_cuda,
+        )  # fmt: skip
+        return out.segments, out.scores, out.labels, out.valid, rows
 
     @op.register_fake
     def _(h, w2, top, probs, labels, scale, valid_len, thresholds, min_len_frac, anchored):
@@ -527,6 +568,7 @@ def mask_decode_op() -> Any:
             h.new_empty(B, k, nm, dtype=torch.float32),
             h.new_empty(B, k, nm, dtype=torch.int64),
             h.new_empty(B, k, nm, dtype=torch.bool),
+            h.new_empty(B, k, h.shape[2], dtype=torch.float32),
         )
 
     return op

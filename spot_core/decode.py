@@ -73,6 +73,7 @@ Deviations from the original code (``spot_inference.py``, ``utils/postprocess_ut
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -262,6 +263,71 @@ def _window_class(logits: Tensor, valid_t: Tensor | None, K: int) -> tuple[Tenso
 
 # ---------------------------------------------------------------------------------------- decode
 @torch.no_grad()
+def device_constant(values: tuple[float, ...], device: torch.device) -> Tensor:
+    """``torch.tensor(values, float32)`` on ``device``, cached per (values, device) on accelerators
+    outside tracing, so a warmed-up call makes no host-to-device copy (CUDA graph capture)."""
+    if device.type == "cpu" or _tracing():
+        return torch.tensor(values, dtype=torch.float32, device=device)
+    return _device_constant(tuple(values), device)
+
+
+@functools.cache
+def _device_constant(values: tuple[float, ...], device: torch.device) -> Tensor:
+    return torch.tensor(values, dtype=torch.float32, device=device)
+
+
+def class_proposals(
+    s: Tensor,
+    c: Tensor,
+    rows: Tensor,
+    top: Tensor,
+    top_ok: Tensor,
+    valid_t: Tensor,
+    wc: Tensor,
+    cfg: DecodeConfig,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Step 5 (class-activation proposals, before the window score of step 6), ``[B, k, nc]``.
+
+    Args: ``s``/``c`` ``[B, T]`` per-snippet foreground score and class, ``rows`` ``[B, k, T]`` the
+    top rows of the mask (float32), ``top``/``top_ok`` ``[B, k]`` the top snippets and whether they
+    are valid, ``valid_t`` ``[B, T]``, ``wc`` ``[B]`` the window class. Shared by
+    :func:`decode_windows` and the fused GPU path (:mod:`kernels.pipeline`), which computes only the
+    k top rows of the mask.
+
+    Returns ``(segments [B, k, nc, 2], scores, labels, valid)``; invalid entries are not zeroed.
+    """
+    B, k, T = rows.shape
+    nc = len(cfg.class_thresholds)
+    dev = s.device
+    pos = torch.arange(T, device=dev)
+    neg_inf = float("-inf")
+    cthr = device_constant(cfg.class_thresholds, dev)  # cthr: [nc]
+    con = (s[:, None, :] > cthr[:, None]) & valid_t[:, None, :]  # con: [B, nc, T]
+    if cfg.mask_segment == "anchored":  # per top row: the run of ``con`` that contains t -> [B, k, nc]
+        ca, clen = _run_at(con[:, None].expand(B, k, nc, T), top[:, :, None].expand(B, k, nc))
+        cfirst, clast = ca, ca + clen - 1
+        c_ok = (clen > 0) & (clast - cfirst > 1)  # [B, k, nc]
+        in_span = (pos >= cfirst[..., None]) & (pos <= clast[..., None])  # in_span: [B, k, nc, T]
+        s_span = torch.where(in_span, s[:, None, None, :], neg_inf)  # s_span: [B, k, nc, T]
+        row_max = torch.where(in_span, rows[:, :, None, :], neg_inf).amax(dim=-1)  # [B, k, nc]
+    else:  # one span per threshold, shared by every top row
+        chas, cfirst, clast = _first_last(con)  # [B, nc] each
+        c_ok = (chas & (clast - cfirst > 1))[:, None, :].expand(B, k, nc)
+        in_span = (pos >= cfirst[..., None]) & (pos <= clast[..., None])  # in_span: [B, nc, T]
+        s_span = torch.where(in_span, s[:, None, :], neg_inf)[:, None].expand(B, k, nc, T)
+        row_max = torch.where(in_span[:, None], rows[:, :, None, :], neg_inf).amax(dim=-1)  # [B, k, nc]
+        cfirst, clast = cfirst[:, None].expand(B, k, nc), clast[:, None].expand(B, k, nc)
+    span_score = s_span.amax(dim=-1)  # [B, k, nc]
+    cc_ok = c_ok & top_ok[:, :, None]  # [B, k, nc]
+    cc_score = torch.where(cc_ok, span_score * row_max, 0.0)
+    if cfg.class_mode == "window":
+        c_label = wc[:, None, None].expand(B, k, nc)
+    else:
+        c_label = c.gather(1, s_span.argmax(dim=-1).reshape(B, k * nc)).reshape(B, k, nc)
+    c_seg = torch.stack([cfirst, clast + 1], dim=-1).float()  # c_seg: [B, k, nc, 2]
+    return c_seg, cc_score, c_label, cc_ok
+
+
 def decode_windows(
     logits: Tensor,
     mask: Tensor,
@@ -289,7 +355,7 @@ def decode_windows(
     K = K1 - 1
     dev = logits.device
     k = min(cfg.top_k, T)
-    nm, nc = len(cfg.mask_thresholds), len(cfg.class_thresholds)
+    nm = len(cfg.mask_thresholds)
     window_mode = cfg.class_mode == "window"
     anchored = cfg.mask_segment == "anchored"
     pos = torch.arange(T, device=dev)
@@ -346,37 +412,28 @@ def decode_windows(
     else:
         m_seg = torch.stack([first, last + 1], dim=-1).float()  # m_seg: [B, k, nm, 2]
 
-    # 5. class-activation proposals over [B, nc, T], combined with the k top rows
-    cthr = torch.tensor(cfg.class_thresholds, dtype=torch.float32, device=dev)  # cthr: [nc]
-    con = (s[:, None, :] > cthr[:, None]) & valid_t[:, None, :]  # con: [B, nc, T]
-    if anchored:  # per top row: the run of ``con`` that contains t -> spans [B, k, nc]
-        ca, clen = _run_at(con[:, None].expand(B, k, nc, T), top[:, :, None].expand(B, k, nc))
-        cfirst, clast = ca, ca + clen - 1
-        c_ok = (clen > 0) & (clast - cfirst > 1)  # [B, k, nc]
-        in_span = (pos >= cfirst[..., None]) & (pos <= clast[..., None])  # in_span: [B, k, nc, T]
-        s_span = torch.where(in_span, s[:, None, None, :], neg_inf)  # s_span: [B, k, nc, T]
-        row_max = torch.where(in_span, rows[:, :, None, :], neg_inf).amax(dim=-1)  # [B, k, nc]
-    else:  # one span per threshold, shared by every top row
-        chas, cfirst, clast = _first_last(con)  # [B, nc] each
-        c_ok = (chas & (clast - cfirst > 1))[:, None, :].expand(B, k, nc)
-        in_span = (pos >= cfirst[..., None]) & (pos <= clast[..., None])  # in_span: [B, nc, T]
-        s_span = torch.where(in_span, s[:, None, :], neg_inf)[:, None].expand(B, k, nc, T)
-        row_max = torch.where(in_span[:, None], rows[:, :, None, :], neg_inf).amax(dim=-1)  # [B, k, nc]
-        cfirst, clast = cfirst[:, None].expand(B, k, nc), clast[:, None].expand(B, k, nc)
-    span_score = s_span.amax(dim=-1)  # [B, k, nc]
-    cc_ok = c_ok & top_ok[:, :, None]  # [B, k, nc]
-    cc_score = torch.where(cc_ok, span_score * row_max, 0.0)
-    if window_mode:
-        c_label = wc[:, None, None].expand(B, k, nc)
-    else:
-        c_label = c.gather(1, s_span.argmax(dim=-1).reshape(B, k * nc)).reshape(B, k, nc)
-    c_seg = torch.stack([cfirst, clast + 1], dim=-1).float()  # c_seg: [B, k, nc, 2]
+    # 5. class-activation proposals, combined with the k top rows
+    c_seg, cc_score, c_label, cc_ok = class_proposals(s, c, rows, top, top_ok, valid_t, wc, cfg)
 
     # 6. window score
     if window_mode:
         m_score = m_score * ws[:, None, None]
-        cc_score = cc_score * ws[:, None, None]
+    mask_props = Proposals(m_seg, m_score, m_label, m_ok)
+    return combine_proposals(mask_props, (c_seg, cc_score, c_label, cc_ok), ws if window_mode else None)
 
+
+def combine_proposals(
+    mask_props: Proposals, class_props: tuple[Tensor, Tensor, Tensor, Tensor], ws: Tensor | None
+) -> Proposals:
+    """Concatenate step-4 (``[B, k, nm]``, scores already scaled) and step-5 (``[B, k, nc]``)
+    proposals into the ``[B, M]`` layout, scaling the class proposals by ``ws`` (step 6, window
+    mode) and zeroing invalid slots."""
+    m_seg, m_score, m_label, m_ok = mask_props
+    c_seg, cc_score, c_label, cc_ok = class_props
+    if ws is not None:
+        cc_score = cc_score * ws[:, None, None]
+    B, k, nm = m_ok.shape
+    nc = cc_ok.shape[2]
     valid = torch.cat([m_ok.reshape(B, k * nm), cc_ok.reshape(B, k * nc)], dim=1)  # valid: [B, M]
     segments = torch.cat([m_seg.reshape(B, k * nm, 2), c_seg.reshape(B, k * nc, 2)], dim=1)
     segments = torch.where(valid[..., None], segments, 0.0)  # segments: [B, M, 2]

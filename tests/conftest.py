@@ -29,3 +29,40 @@ def _need(path: Path) -> Path:
 def shared_data() -> Path:
     """``../shared/data``; skips (or fails under CI) when absent."""
     return _need(SHARED_DATA)
+
+
+# ------------------------------------------------------------------------ Triton kernel tests
+# Kernel tests (named ``test_kernel_*``) run on CUDA when a GPU is present, else on CPU in the
+# Triton interpreter. The interpreter needs ``TRITON_INTERPRET=1`` before ``import triton``
+# (triton's own ``tl`` functions are ``triton.jit``-decorated at import), which a test cannot
+# guarantee in a shared pytest process: without a GPU each kernel test file reruns its
+# ``test_kernel_*`` tests in a child pytest with the variable set (:func:`run_kernel_tests_in_interpreter`)
+# and the in-process copies skip, or run directly when the variable was set before pytest started.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # set before this process started
+
+
+@pytest.fixture
+def kernel_device() -> str:
+    """ "cuda" when a GPU is present, else "cpu" when the Triton interpreter is on; else skip."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if not INTERPRETED:
+        pytest.skip(
+            "no GPU: the kernel tests run in the interpreter subprocess (test_interpreter_subprocess)"
+        )
+    return "cpu"
+
+
+def run_kernel_tests_in_interpreter(test_file: str) -> None:
+    """Run ``test_file``'s ``test_kernel_*`` tests in a child pytest under ``TRITON_INTERPRET=1``;
+    fail unless they all pass and none skips."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file, "-k", "test_kernel_"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    assert " passed" in res.stdout and "skipped" not in res.stdout, res.stdout[-2000:]

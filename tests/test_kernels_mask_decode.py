@@ -16,13 +16,10 @@ boundaries must then match exactly, across backends and dtypes.
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import INTERPRETED, run_kernel_tests_in_interpreter
 
 from kernels.mask_decode import (
     MaskProposals,
@@ -40,29 +37,10 @@ MODES = ("filled", "anchored")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # set before this process started
-
-
-@pytest.fixture
-def kernel_device() -> str:
-    """ "cuda" when a GPU is present, else "cpu" when the Triton interpreter is on; else skip."""
-    if torch.cuda.is_available():
-        return "cuda"
-    if not INTERPRETED:
-        pytest.skip(
-            "no GPU: the kernel tests run in the interpreter subprocess (test_interpreter_subprocess)"
-        )
-    return "cpu"
-
-
 @needs_triton
 @pytest.mark.skipif(torch.cuda.is_available() or INTERPRETED, reason="kernel tests run in this process")
 def test_interpreter_subprocess() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "test_kernel_"]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=Path(__file__).parents[1])
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
-    assert " passed" in res.stdout and "skipped" not in res.stdout, res.stdout[-2000:]
+    run_kernel_tests_in_interpreter(__file__)
 
 
 def _quantised(B: int, H: int, T: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -359,9 +337,29 @@ def test_custom_op_matches_reference_and_passes_opcheck() -> None:
         case["h"], case["w2"], case["top"], case["probs"], cfg,
         labels=case["labels"], scale=case["scale"], valid_len=case["valid_len"],
     )  # fmt: skip
-    _assert_same(MaskProposals(*out), want)
+    _assert_same(MaskProposals(*out[:4]), want)
+    rows = torch.sigmoid(torch.einsum("bkh,bhu->bku", case["w2"][case["top"]], case["h"]))
+    torch.testing.assert_close(out[4], rows)
     assert torch.ops.spot.mask_decode.default is not None
     torch.library.opcheck(
         op, (*args, list(cfg.mask_thresholds), cfg.min_len_frac, True),
         test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"),
     )  # fmt: skip
+
+
+@needs_triton
+def test_kernel_device_guard_without_host_checks(kernel_device: str) -> None:
+    """check_ranges=False (the fused path, the custom op): bad indices give invalid rows, no OOB read."""
+    case = {n: x.to(kernel_device) for n, x in _case(B=2, H=8, T=10, k=3, K=2, seed=4).items()}
+    case["top"][0, 1] = 10  # == T
+    case["top"][1, 0] = -1
+    case["labels"][1, 2] = 99  # >= C
+    case["valid_len"] = torch.tensor([10, 25], device=kernel_device)  # > T: clamped
+    cfg = DecodeConfig(mask_thresholds=(0.0,))
+    got = mask_decode(
+        case["h"], case["w2"], case["top"], case["probs"], cfg, labels=case["labels"],
+        valid_len=case["valid_len"], backend="triton", check_ranges=False,
+    )  # fmt: skip
+    assert not got.valid[0, 1].any() and not got.valid[1, 0].any() and not got.valid[1, 2].any()
+    assert (got.scores[0, 1] == 0).all() and (got.segments[1, 0] == 0).all()
+    assert got.valid[0, 0].all() and got.valid[1, 1].all()  # threshold 0: every valid row is on

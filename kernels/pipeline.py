@@ -1,0 +1,117 @@
+"""The fused detection path: features in, detections out, without the ``[B, T, T]`` mask and
+without a host round trip (DESIGN.md section 6).
+
+:func:`fused_detect` equals :func:`spot_core.decode.detect` applied to ``model(x)``:
+
+1. the model's embedding, class logits and the mask head's hidden map ``h [B, H, T]`` (the mask
+   itself is never formed);
+2. steps 1-3 of decode (:func:`kernels.mask_decode.decode_inputs`);
+3. step 4 in the fused Triton kernel (:func:`kernels.mask_decode.mask_decode`), which also writes
+   the k top mask rows ``[B, k, T]`` (k = 10 of T = 100 rows on ANet);
+4. step 5 (class-activation proposals) as vectorised torch ops on those rows
+   (:func:`spot_core.decode.class_proposals`, shared with the reference decode);
+5. step 6, deduplication and batched Soft-NMS in its Triton kernel (:func:`kernels.soft_nms.soft_nms`).
+
+Every step is a fixed-size tensor op on the input's device: on CUDA nothing synchronises with the
+host (no range or NaN checks; the kernels guard indices on the device), so the whole path can be
+captured in a CUDA graph. On CPU (or with ``backend="reference"``) the same steps run the PyTorch
+references, which makes the function testable everywhere.
+
+Differences from ``detect(*model(x))``: the mask rows come from a float32 dot product in the
+kernel's summation order rather than the 1x1 convolution's, so mask values (and with them scores)
+agree to float32 rounding and a run boundary can differ only where a mask value lies within that
+rounding of a threshold; ``detect`` rejects NaN inputs, this path treats NaN mask values as off.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from kernels.mask_decode import decode_inputs, mask_decode
+from kernels.soft_nms import soft_nms
+from spot_core.config import DecodeConfig
+from spot_core.decode import Detections, Proposals, _dedup, class_proposals, combine_proposals
+from spot_core.model import SPOT
+
+__all__ = ["detect_from_hidden", "fused_detect"]
+
+Backend = Literal["auto", "triton", "reference"]
+
+
+@torch.no_grad()
+def detect_from_hidden(
+    logits: Tensor,
+    h: Tensor,
+    w2: Tensor,
+    cfg: DecodeConfig,
+    *,
+    video_class: Tensor | None = None,
+    video_score: Tensor | None = None,
+    valid_len: Tensor | None = None,
+    backend: Backend = "auto",
+) -> Detections:
+    """``detect`` from the class logits ``[B, K+1, T]`` and the mask head's hidden map ``h [B, H, T]``
+    with its last-layer weight ``w2 [T, H]`` (module docstring)."""
+    if logits.dim() != 3 or h.dim() != 3 or logits.shape[0] != h.shape[0] or logits.shape[2] != h.shape[2]:
+        raise ValueError(
+            f"fused detect: logits [B, K+1, T] and h [B, H, T] must agree on B and T, got "
+            f"{tuple(logits.shape)} and {tuple(h.shape)}"
+        )
+    B, K1, T = logits.shape
+    K = K1 - 1
+    dev = logits.device
+    top, p, labels, scale = decode_inputs(
+        logits, cfg, video_class=video_class, video_score=video_score, valid_len=valid_len
+    )
+    k = top.shape[1]
+    rows = torch.empty(B, k, T, dtype=torch.float32, device=dev)
+    on_device = dev.type == "cuda"
+    mp = mask_decode(
+        h, w2, top, p, cfg, labels=labels, scale=scale, valid_len=valid_len, rows_out=rows,
+        backend=backend, check_ranges=not on_device,
+    )  # fmt: skip
+    s = p[:, :K].amax(dim=1)  # s: [B, T]
+    c = p[:, :K].argmax(dim=1)  # c: [B, T]
+    pos = torch.arange(T, device=dev)
+    if valid_len is None:
+        valid_t = torch.ones(B, T, dtype=torch.bool, device=dev)
+    else:
+        valid_t = pos[None, :] < valid_len.to(dev).long()[:, None]  # valid_t: [B, T]
+    top_ok = valid_t.gather(1, top)  # top_ok: [B, k]
+    wc = labels[:, 0]  # the window class in window mode (unused in snippet mode)
+    cprops = class_proposals(s, c, rows, top, top_ok, valid_t, wc, cfg)
+    props = combine_proposals(Proposals(*mp), cprops, scale)
+    keep = _dedup(props, T, K)
+    seg, sc, lab, val, _ = soft_nms(
+        props.segments, props.scores, props.labels, keep,
+        sigma=cfg.nms_sigma, max_detections=cfg.max_detections, class_aware=cfg.nms_class_aware,
+        backend=backend,
+    )  # fmt: skip
+    return Detections(seg, sc, lab, val)
+
+
+@torch.no_grad()
+def fused_detect(
+    model: SPOT,
+    x: Tensor,
+    cfg: DecodeConfig,
+    *,
+    video_class: Tensor | None = None,
+    video_score: Tensor | None = None,
+    valid_len: Tensor | None = None,
+    backend: Backend = "auto",
+) -> Detections:
+    """Features ``x [B, C, T]`` -> ``[B, D]`` detections through the fused path (module docstring).
+
+    Runs under any autocast the caller set (bf16 on GPU: the hidden map reaches the kernel in
+    bf16 and is upcast there)."""
+    emb = model.embed(x)
+    logits = model.classifier(emb)
+    h = model.mask_hidden(emb)
+    return detect_from_hidden(
+        logits, h, model.mask_weight, cfg,
+        video_class=video_class, video_score=video_score, valid_len=valid_len, backend=backend,
+    )  # fmt: skip
