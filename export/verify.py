@@ -40,11 +40,12 @@ dataset folder that does not load).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -379,6 +380,18 @@ def _ort_note(provider: str) -> str:
     return {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}.get(provider, "tensorrt")
 
 
+@contextlib.contextmanager
+def strict_fp32() -> Iterator[None]:
+    """No TF32 in cuBLAS or cuDNN while verifying: an fp32 row is judged by fp32 tolerances, and
+    PyTorch lets cuDNN convolutions use TF32 by default (1e-3 relative error on Ampere and later)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def verify(
     checkpoint: str | Path,
     *,
@@ -395,8 +408,24 @@ def verify(
 
     ``backends`` restricts the families run (:data:`BACKENDS`); the others are not listed.
     ``device`` defaults to ``cuda`` when available, else ``cpu`` (eager and compile rows).
-    Raises :class:`VerifyInputError` on bad input (see the module doc).
+    TF32 is off throughout (:func:`strict_fp32`). Raises :class:`VerifyInputError` on bad input
+    (see the module doc).
     """
+    with strict_fp32():
+        return _verify(checkpoint, onnx, engine, data, backends, num_random, batch_size, seed, device)
+
+
+def _verify(
+    checkpoint: str | Path,
+    onnx: str | Path | None,
+    engine: str | Path | None,
+    data: str | Path | None,
+    backends: Sequence[str],
+    num_random: int,
+    batch_size: int,
+    seed: int,
+    device: str | None,
+) -> list[dict[str, Any]]:
     unknown = sorted(set(backends) - set(BACKENDS))
     if unknown:
         raise VerifyInputError(f"unknown backends {unknown}; choose from {', '.join(BACKENDS)}")

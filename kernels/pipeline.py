@@ -36,9 +36,54 @@ from spot_core.config import DecodeConfig
 from spot_core.decode import Detections, Proposals, _dedup, class_proposals, combine_proposals
 from spot_core.model import SPOT
 
-__all__ = ["detect_from_hidden", "fused_detect"]
+__all__ = ["detect_from_hidden", "fused_detect", "proposals_from_hidden"]
 
 Backend = Literal["auto", "triton", "reference"]
+
+
+@torch.no_grad()
+def proposals_from_hidden(
+    logits: Tensor,
+    h: Tensor,
+    w2: Tensor,
+    cfg: DecodeConfig,
+    *,
+    video_class: Tensor | None = None,
+    video_score: Tensor | None = None,
+    valid_len: Tensor | None = None,
+    backend: Backend = "auto",
+) -> Proposals:
+    """Decode steps 1-6 (:func:`spot_core.decode.decode_windows`' proposals) from the class logits
+    ``[B, K+1, T]`` and the mask head's hidden map ``h [B, H, T]`` with its last-layer weight
+    ``w2 [T, H]``, without forming the mask."""
+    if logits.dim() != 3 or h.dim() != 3 or logits.shape[0] != h.shape[0] or logits.shape[2] != h.shape[2]:
+        raise ValueError(
+            f"fused detect: logits [B, K+1, T] and h [B, H, T] must agree on B and T, got "
+            f"{tuple(logits.shape)} and {tuple(h.shape)}"
+        )
+    B, K1, T = logits.shape
+    K = K1 - 1
+    dev = logits.device
+    top, p, labels, scale = decode_inputs(
+        logits, cfg, video_class=video_class, video_score=video_score, valid_len=valid_len
+    )
+    k = top.shape[1]
+    rows = torch.empty(B, k, T, dtype=torch.float32, device=dev)
+    mp = mask_decode(
+        h, w2, top, p, cfg, labels=labels, scale=scale, valid_len=valid_len, rows_out=rows,
+        backend=backend, check_ranges=dev.type != "cuda",
+    )  # fmt: skip
+    s = p[:, :K].amax(dim=1)  # s: [B, T]
+    c = p[:, :K].argmax(dim=1)  # c: [B, T]
+    pos = torch.arange(T, device=dev)
+    if valid_len is None:
+        valid_t = torch.ones(B, T, dtype=torch.bool, device=dev)
+    else:
+        valid_t = pos[None, :] < valid_len.to(dev).long()[:, None]  # valid_t: [B, T]
+    top_ok = valid_t.gather(1, top)  # top_ok: [B, k]
+    wc = labels[:, 0]  # the window class in window mode (unused in snippet mode)
+    cprops = class_proposals(s, c, rows, top, top_ok, valid_t, wc, cfg)
+    return combine_proposals(Proposals(*mp), cprops, scale)
 
 
 @torch.no_grad()
@@ -55,35 +100,11 @@ def detect_from_hidden(
 ) -> Detections:
     """``detect`` from the class logits ``[B, K+1, T]`` and the mask head's hidden map ``h [B, H, T]``
     with its last-layer weight ``w2 [T, H]`` (module docstring)."""
-    if logits.dim() != 3 or h.dim() != 3 or logits.shape[0] != h.shape[0] or logits.shape[2] != h.shape[2]:
-        raise ValueError(
-            f"fused detect: logits [B, K+1, T] and h [B, H, T] must agree on B and T, got "
-            f"{tuple(logits.shape)} and {tuple(h.shape)}"
-        )
-    B, K1, T = logits.shape
-    K = K1 - 1
-    dev = logits.device
-    top, p, labels, scale = decode_inputs(
-        logits, cfg, video_class=video_class, video_score=video_score, valid_len=valid_len
-    )
-    k = top.shape[1]
-    rows = torch.empty(B, k, T, dtype=torch.float32, device=dev)
-    on_device = dev.type == "cuda"
-    mp = mask_decode(
-        h, w2, top, p, cfg, labels=labels, scale=scale, valid_len=valid_len, rows_out=rows,
-        backend=backend, check_ranges=not on_device,
+    props = proposals_from_hidden(
+        logits, h, w2, cfg,
+        video_class=video_class, video_score=video_score, valid_len=valid_len, backend=backend,
     )  # fmt: skip
-    s = p[:, :K].amax(dim=1)  # s: [B, T]
-    c = p[:, :K].argmax(dim=1)  # c: [B, T]
-    pos = torch.arange(T, device=dev)
-    if valid_len is None:
-        valid_t = torch.ones(B, T, dtype=torch.bool, device=dev)
-    else:
-        valid_t = pos[None, :] < valid_len.to(dev).long()[:, None]  # valid_t: [B, T]
-    top_ok = valid_t.gather(1, top)  # top_ok: [B, k]
-    wc = labels[:, 0]  # the window class in window mode (unused in snippet mode)
-    cprops = class_proposals(s, c, rows, top, top_ok, valid_t, wc, cfg)
-    props = combine_proposals(Proposals(*mp), cprops, scale)
+    T, K = logits.shape[2], logits.shape[1] - 1
     keep = _dedup(props, T, K)
     seg, sc, lab, val, _ = soft_nms(
         props.segments, props.scores, props.labels, keep,

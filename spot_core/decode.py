@@ -238,8 +238,11 @@ def _stable_top_indices(x: Tensor, k: int) -> Tensor:
     Equal to ``torch.sort(x, dim=1, descending=True, stable=True).indices[:, :k]`` (no NaN), but
     written as a rank count, ``rank_t = #{u: x_u > x_t} + #{u < t: x_u == x_t}`` over a [B, T, T]
     comparison and a scatter, because the ONNX exporter has no stable sort and ``TopK`` tie order
-    is not guaranteed by every backend (torch.compile included).
+    is not guaranteed by every backend (torch.compile included). Eager calls (nothing traced) use
+    the stable sort itself: same result, O(T log T) instead of O(T^2) per row.
     """
+    if not _tracing():
+        return torch.sort(x, dim=1, descending=True, stable=True).indices[:, :k]
     T = x.shape[-1]
     pos = torch.arange(T, device=x.device)
     xt, xu = x[:, :, None], x[:, None, :]  # x_t: [B, T, 1], x_u: [B, 1, T]

@@ -129,7 +129,7 @@ def test_kernel_all_below_all_above_and_ties(kernel_device: str, mode: str) -> N
         "scale": torch.ones(B),
         "valid_len": torch.full((B,), T),
     }
-    props = _run_both(case, cfg, kernel_device)
+    props = MaskProposals(*(x.cpu() for x in _run_both(case, cfg, kernel_device)))
     assert not props.valid[0].any()
     assert props.valid[1].all()
     assert (props.segments[1] == torch.tensor([0.0, T])).all()
