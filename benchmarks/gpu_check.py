@@ -44,6 +44,10 @@ from typing import Any
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+SECTIONS = (
+    "environment", "ceilings", "gpu_tests", "step4", "nms", "whole_path", "achieved", "sanitizer", "verify",
+    "nms_compiled",
+)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------- timing
@@ -76,6 +80,7 @@ class Report:
         self.path = out / "gpu_report.json"
         self.t0 = time.perf_counter()
         self.budget_s = budget_s
+        self.only: set[str] | None = None
         self.data: dict[str, Any] = {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         out.mkdir(parents=True, exist_ok=True)
 
@@ -87,6 +92,8 @@ class Report:
 
     def section(self, name: str, fn: Callable[[], Any], *, need_s: float = 0.0) -> None:
         t0 = time.perf_counter()
+        if self.only is not None and name not in self.only:
+            return
         if self.left() < need_s:
             self.data[name] = {
                 "skipped": f"time budget: {self.left():.0f} s left, section needs ~{need_s:.0f} s"
@@ -606,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the torch.compile rows (Inductor compiles the reference decode in ~100 s per shape)",
     )
+    ap.add_argument("--sections", help=f"comma-separated subset of: {', '.join(SECTIONS)}")
+    ap.add_argument("--batches", help="comma-separated batch sizes (default 1,64,1024)")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, reference backends")
     args = ap.parse_args(argv)
     dry = args.dry_run
@@ -618,7 +627,19 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     batches = [1, 4] if dry else [1, 64, 1024]
+    if args.batches:
+        batches = [int(b) for b in args.batches.split(",")]
+    wanted = set(args.sections.split(",")) if args.sections else None
+    unknown = (wanted or set()) - set(SECTIONS)
+    if unknown:
+        print(
+            f"gpu_check: unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}",
+            file=sys.stderr,
+        )
+        return 2
     rep = Report(Path(args.out), args.budget)
+    if wanted is not None:  # environment is always recorded
+        rep.only = wanted | {"environment"}
     rep.section("environment", lambda: environment(dev))
     rep.section("ceilings", lambda: ceilings(dev, dry))
     rep.section(
