@@ -3,12 +3,20 @@
 A model checkpoint is one ``.safetensors`` file whose metadata holds the config (YAML), the package
 version and free-form training facts (epoch, metric). Loading never unpickles anything: safetensors
 for weights, ``torch.load(weights_only=True)`` for the optimiser/RNG state used by ``--resume``.
-Every write goes to a temporary file in the same folder and is renamed into place, so a crash
-never leaves a half-written checkpoint under the final name.
+Every write goes to a temporary file in the same folder, is flushed to disk and renamed into place,
+so a crash never leaves a half-written checkpoint under the final name.
+
+Integrity: a model checkpoint's metadata holds ``weights_sha256``, a digest of every tensor (name,
+dtype, shape, bytes), checked on load; a resume state is stored as its serialized bytes plus their
+sha256, checked before they are deserialized. A truncated or modified file is reported as a
+:class:`CheckpointError`, never loaded. (Files written before these digests existed load without
+the check.)
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -23,6 +31,7 @@ from .config import ConfigError, SpotConfig
 from .model import SPOT
 
 FORMAT = "spot-checkpoint-v1"
+STATE_FORMAT = "spot-train-state-v2"  # serialized state bytes + their sha256
 
 
 class CheckpointError(ValueError):
@@ -35,6 +44,8 @@ def _atomic(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -45,10 +56,25 @@ def save_model(path: str | Path, model: SPOT, cfg: SpotConfig, **facts: Any) -> 
     """Write the model weights and config atomically to ``path`` (.safetensors)."""
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": FORMAT, "version": __version__, "config": cfg.to_yaml()}
+    meta = {
+        "format": FORMAT,
+        "version": __version__,
+        "config": cfg.to_yaml(),
+        "weights_sha256": _digest(tensors),
+    }
     meta.update({k: str(v) for k, v in facts.items()})
     _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return path
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors in name order: name, dtype, shape and raw bytes of each."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
@@ -97,6 +123,9 @@ def load_model(
         tensors = load_file(str(path), device=map_location)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({e})") from None
+    want = read_metadata(path).get("weights_sha256")
+    if want is not None and _digest(tensors) != want:
+        raise CheckpointError(f"{path}: corrupt checkpoint (weights checksum mismatch)")
     check_state(model.state_dict(), tensors, str(path))
     model.load_state_dict(tensors)
     model.eval()
@@ -120,7 +149,15 @@ def check_state(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor],
 def save_train_state(path: str | Path, state: dict[str, Any]) -> Path:
     """Atomically save optimiser/scheduler/RNG state (plain tensors, numbers, strings, dicts only)."""
     path = Path(path)
-    _atomic(path, lambda tmp: torch.save(state, tmp))
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    wrapped = {
+        "format": STATE_FORMAT,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
+    }
+    _atomic(path, lambda tmp: torch.save(wrapped, tmp))
     return path
 
 
@@ -130,6 +167,14 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: resume state not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if not (isinstance(obj, dict) and obj.get("format") == STATE_FORMAT):
+            return obj  # written before the checksummed format
+        payload = obj["payload"].numpy().tobytes()
+        if hashlib.sha256(payload).hexdigest() != obj.get("sha256"):
+            raise CheckpointError(f"{path}: corrupt resume state (checksum mismatch)")
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
         raise CheckpointError(f"{path}: corrupt or unsafe resume state ({type(e).__name__}: {e})") from None

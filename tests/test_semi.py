@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from spot_core import training as training_mod
+from spot_core.checkpoint import load_train_state
 from spot_core.config import ConfigError, LossConfig, SemiConfig, SpotConfig
 from spot_core.data.annotations import AnnotationError, apply_split_file, load_annotations
 from spot_core.data.synthetic import generate_dataset
@@ -333,7 +334,7 @@ def test_semi_run_writes_everything_with_finite_losses(semi_run):
         assert 0.0 <= r["val_average_mAP"] <= 1.0
     cfg = SpotConfig.from_yaml(semi_run / "config.yaml")
     assert cfg.semi.labeled_fraction == 0.25 and cfg.semi.pretrain_epochs == 1
-    state = torch.load(semi_run / "train_state.pt", weights_only=True)
+    state = load_train_state(semi_run / "train_state.pt")
     assert (state["stage"], state["pretrain_epoch"], state["epoch"]) == ("finetune", 1, 2)
 
 
@@ -412,7 +413,7 @@ def test_resume_inside_pretraining(data_dir, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         training_mod.train(cfg, data_dir, out, progress=False)
     monkeypatch.setattr(training_mod, "save_train_state", real)
-    state = torch.load(out / "train_state.pt", weights_only=True)
+    state = load_train_state(out / "train_state.pt")
     assert (state["stage"], state["pretrain_epoch"], state["epoch"]) == ("pretrain", 1, 0)
     training_mod.train(cfg, data_dir, out, resume=True, progress=False)
     a, b = load_file(str(full / "last.safetensors")), load_file(str(out / "last.safetensors"))

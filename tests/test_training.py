@@ -166,7 +166,7 @@ def test_resume_with_longer_schedule_equals_uninterrupted_run(run2, data_dir, tm
     assert without_time(rows) == without_time(metrics(full))
     assert (resumed / "val_predictions.json").read_text() == (full / "val_predictions.json").read_text()
     assert SpotConfig.from_yaml(resumed / "config.yaml").train.epochs == 3
-    state = torch.load(resumed / "train_state.pt", weights_only=True)
+    state = ckpt_mod.load_train_state(resumed / "train_state.pt")
     assert state["epoch"] == 3 and len(json.loads(state["history"])) == 3
 
 
@@ -187,7 +187,7 @@ def test_crash_between_metrics_and_state_then_resume(run2, data_dir, tmp_path, m
         training_mod.train(toy_cfg(2), data_dir, out, progress=False)
     monkeypatch.setattr(training_mod, "save_train_state", real)
     assert [r["epoch"] for r in metrics(out)] == [0, 1]  # epoch 1 was logged before the crash
-    assert torch.load(out / "train_state.pt", weights_only=True)["epoch"] == 1
+    assert ckpt_mod.load_train_state(out / "train_state.pt")["epoch"] == 1
     assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
 
     res = training_mod.train(toy_cfg(2), data_dir, out, resume=True, progress=False)
@@ -215,7 +215,7 @@ def test_resume_refuses_a_different_model_config(run2, data_dir, tmp_path, capsy
 
 # ---------------------------------------------------------------------------------------------- 4
 def test_checkpoints_are_safe(run2, tmp_path):
-    state = torch.load(run2 / "train_state.pt", map_location="cpu", weights_only=True)
+    state = ckpt_mod.load_train_state(run2 / "train_state.pt")  # torch.load(weights_only=True) inside
     assert state["epoch"] == 2
     assert {"optimizer", "scheduler", "model", "config_hash", "history"} <= set(state)
     assert not [p for p in os.listdir(run2) if p.endswith(".tmp")]
