@@ -280,22 +280,28 @@ def step4(dev: torch.device, dry: bool, batches: list[int], rep: Report, compile
     return out
 
 
-def nms(dev: torch.device, dry: bool, batches: list[int], rep: Report) -> dict[str, Any]:
-    """Batched Soft-NMS on the ANet model's real proposals: kernel vs eager reference vs compile."""
-    from kernels.soft_nms import soft_nms as soft_nms_kernel
+def _anet_proposals(dev: torch.device, n: int) -> tuple[Any, torch.Tensor, dict[str, Any]]:
+    """The ANet model's proposals for n windows, the dedup keep mask and the Soft-NMS settings."""
     from spot_core.decode import _dedup, decode_windows
-    from spot_core.nms import soft_nms as soft_nms_torch
 
-    setup = _anet(dev, max(batches))
-    cfg, model, x = setup["cfg"], setup["model"], setup["x"]
-    dcfg = cfg.decode
+    setup = _anet(dev, n)
+    model, x, dcfg = setup["model"], setup["x"], setup["cfg"].decode
     with torch.no_grad():
         logits, mask = model(x)
         props = decode_windows(logits, mask, dcfg)
         keep = _dedup(props, logits.shape[-1], logits.shape[1] - 1)
     kw = {"sigma": dcfg.nms_sigma, "max_detections": dcfg.max_detections, "class_aware": dcfg.nms_class_aware}
+    return props, keep, kw
+
+
+def nms(dev: torch.device, dry: bool, batches: list[int], rep: Report) -> dict[str, Any]:
+    """Batched Soft-NMS on the ANet model's real proposals: kernel vs eager reference vs compile."""
+    from kernels.soft_nms import soft_nms as soft_nms_kernel
+    from spot_core.nms import soft_nms as soft_nms_torch
+
+    props, keep, kw = _anet_proposals(dev, max(batches))
     backend = "reference" if dry else "triton"
-    out: dict[str, Any] = {"N": int(props.scores.shape[1]), "D": dcfg.max_detections}
+    out: dict[str, Any] = {"N": int(props.scores.shape[1]), "D": kw["max_detections"]}
     for B in batches:
         a = (props.segments[:B], props.scores[:B], props.labels[:B], keep[:B])
         row: dict[str, Any] = {
@@ -314,17 +320,9 @@ def nms(dev: torch.device, dry: bool, batches: list[int], rep: Report) -> dict[s
 def nms_compiled(dev: torch.device, dry: bool, batches: list[int]) -> dict[str, Any]:
     """torch.compile of the PyTorch Soft-NMS (its D picks unrolled) at the largest batch: run last,
     because its compile time is long."""
-    from spot_core.decode import _dedup, decode_windows
     from spot_core.nms import soft_nms as soft_nms_torch
 
-    setup = _anet(dev, max(batches))
-    cfg, model, x = setup["cfg"], setup["model"], setup["x"]
-    dcfg = cfg.decode
-    with torch.no_grad():
-        logits, mask = model(x)
-        props = decode_windows(logits, mask, dcfg)
-        keep = _dedup(props, logits.shape[-1], logits.shape[1] - 1)
-    kw = {"sigma": dcfg.nms_sigma, "max_detections": dcfg.max_detections, "class_aware": dcfg.nms_class_aware}
+    props, keep, kw = _anet_proposals(dev, max(batches))
     B = max(batches)
     a = (props.segments[:B], props.scores[:B], props.labels[:B], keep[:B])
     compiled = torch.compile(lambda *t: soft_nms_torch(*t, **kw), dynamic=False)

@@ -32,13 +32,13 @@ refuses them.
 from __future__ import annotations
 
 import logging
-import os
 from functools import cache
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from kernels.mask_decode import _interpret, triton_available
 from spot_core import nms as _ref
 
 __all__ = ["MAX_N", "soft_nms", "soft_nms_op", "triton_available"]
@@ -51,20 +51,6 @@ Backend = Literal["auto", "triton", "reference"]
 # N = 140; per-video merges of long videos can exceed this: those use the reference ("auto") or
 # are refused ("triton").
 MAX_N = 8192
-
-
-@cache
-def triton_available() -> bool:
-    """Whether ``import triton`` works (cached)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 # ``triton.language`` once :func:`_kernel` has run: Triton resolves the names a kernel uses in its
