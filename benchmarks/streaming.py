@@ -1,0 +1,427 @@
+"""Streaming runtime benchmarks: per-window latency, throughput over concurrent streams, peak memory.
+
+    python -m benchmarks.streaming [--backends eager,compile,onnxruntime] [--device cpu] \\
+        [--streams 1,64,1024] [--preset anet] [--json benchmarks/results/streaming_cpu.json]
+    python -m benchmarks.streaming memory --hours 1 10 [--preset anet] [--rate 2]
+    python -m benchmarks.streaming actrectut [--data ../shared/data/actrectut] [--set K=V ...]
+
+Random weights (seeded, classifier scaled x5 so a full set of detections comes out of every
+window, as from a trained model) and random features: the numbers measure speed and memory only.
+
+- **latency**: one live stream, ``batch_size`` 1, one snippet pushed at a time; the time of each
+  push that completes a window (model forward, decode, Soft-NMS, preview merge), p50 / p99 / mean
+  over ``latency_windows`` windows after ``warmup`` windows.
+- **throughput** with N concurrent streams: N streams open at once, pushed round robin in chunks of
+  S snippets, each long enough for ``ceil(target / N)`` windows (so every row runs at least
+  ``target`` windows), then closed (final exact merge included). The session's batch is
+  ``min(batch_size, N)`` windows (padded, batch-invariant); latency budget 1 s (a synchronous
+  round-robin driver fills batches long before that). Reported: windows/s, snippets/s and
+  stream-hours/s at ``rate`` snippets per second.
+- **memory** (``memory`` subcommand): one stream of H hours at ``rate`` snippets/s, pushed in
+  chunks of 64 snippets through a batch-1 session, each H in a fresh process; peak RSS
+  (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and the bytes of stored per-window detections.
+
+:func:`stream_benchmark` is the library entry point (``device="cuda"`` from the GPU script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtime.detector import BYTES_PER_DETECTION, StreamDetector
+from runtime.session import CompiledSession, EagerSession, OnnxSession, Session, SessionError
+from spot_core.config import SpotConfig
+from spot_core.model import SPOT
+
+BACKENDS = ("eager", "compile", "onnxruntime")
+
+
+def random_model(preset: str = "anet", seed: int = 0, cls_scale: float = 5.0) -> tuple[SPOT, SpotConfig]:
+    """Seeded random SPOT in eval mode; the classifier scaled so that proposals fire (as trained)."""
+    cfg = SpotConfig.preset(preset)
+    torch.manual_seed(seed)
+    model = SPOT(cfg.model).eval()
+    with torch.no_grad():
+        model.classifier.weight.mul_(cls_scale)
+        model.classifier.bias.mul_(cls_scale)
+    return model, cfg
+
+
+def make_session(
+    backend: str,
+    model: SPOT,
+    cfg: SpotConfig,
+    *,
+    device: str = "cpu",
+    batch_size: int = 64,
+    workdir: str | Path | None = None,
+) -> Session:
+    """A padded session of ``backend`` on ``device`` (onnxruntime exports the model to ``workdir`` first)."""
+    if backend == "eager":
+        return EagerSession(model, cfg, device=device, batch_size=batch_size)
+    if backend == "compile":
+        return CompiledSession(model, cfg, device=device, batch_size=batch_size)
+    if backend == "onnxruntime":
+        from export.onnx import export_onnx
+
+        path = Path(workdir or tempfile.mkdtemp(prefix="spot_stream_bench_")) / f"{cfg.name}.onnx"
+        if not path.is_file():
+            export_onnx(model, cfg, path)
+        provider = "cuda" if torch.device(device).type == "cuda" else "cpu"
+        threads = 1 if provider == "cpu" else 0  # as torch: one intra-op thread on our shared CPUs
+        return OnnxSession(path, cfg, provider=provider, batch_size=batch_size, threads=threads)
+    raise SessionError(f"backend {backend!r} is not benchmarked here (TensorRT needs an engine and a GPU)")
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def latency(session: Session, *, windows: int = 50, warmup: int = 5, rate: float = 2.0) -> dict[str, Any]:
+    """Per-window latency of a live stream pushed one snippet at a time (ms): p50, p99, mean."""
+    cfg = session.cfg
+    T, S, C = cfg.model.num_snippets, cfg.data.stride, cfg.model.feat_dim
+    rng = np.random.default_rng(1)
+    n = T + (windows + warmup) * S
+    feats = rng.standard_normal((n, C), dtype=np.float32)
+    det = StreamDetector(session, snippet_rate=rate)
+    det.open("live")
+    samples = []
+    for i in range(n):
+        before = det.windows_run
+        t0 = time.perf_counter()
+        det.push("live", feats[i : i + 1])
+        _sync(str(session.device))
+        dt = time.perf_counter() - t0
+        if det.windows_run > before and det.windows_run > warmup:
+            samples.append(dt * 1e3)
+    det.abort("live")
+    samples.sort()
+    return {
+        "windows": len(samples),
+        "p50_ms": statistics.median(samples),
+        "p99_ms": samples[min(len(samples) - 1, math.ceil(0.99 * len(samples)) - 1)],
+        "mean_ms": statistics.fmean(samples),
+    }
+
+
+def throughput(
+    session: Session,
+    streams: int,
+    *,
+    target_windows: int = 256,
+    rate: float = 2.0,
+    max_delay_s: float = 1.0,
+    pool: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """``streams`` concurrent streams, round robin in chunks of S snippets, all closed at the end."""
+    cfg = session.cfg
+    T, S, C = cfg.model.num_snippets, cfg.data.stride, cfg.model.feat_dim
+    per_stream = max(1, math.ceil(target_windows / streams))
+    length = T + (per_stream - 1) * S
+    if pool is None:
+        pool = np.random.default_rng(2).standard_normal((length + 997, C), dtype=np.float32)
+    det = StreamDetector(session, snippet_rate=rate, max_delay_s=max_delay_s)
+    ids = [f"s{i}" for i in range(streams)]
+    for sid in ids:
+        det.open(sid)
+    offsets = [(i * 7919) % (pool.shape[0] - length + 1) for i in range(streams)]  # views, no copies
+    _sync(str(session.device))
+    calls0 = session.model_calls
+    t0 = time.perf_counter()
+    pos = 0
+    first = True
+    while pos < length:
+        step = T if first else S
+        for sid, off in zip(ids, offsets, strict=True):
+            det.push(sid, pool[off + pos : off + min(pos + step, length)])
+        pos += step
+        first = False
+    n_final = 0
+    for sid in ids:
+        n_final += len(det.close(sid))
+    _sync(str(session.device))
+    dt = time.perf_counter() - t0
+    windows = det.windows_run
+    snippets = streams * length
+    return {
+        "streams": streams,
+        "batch_size": session.batch_size,
+        "max_delay_s": max_delay_s,
+        "model_calls": session.model_calls - calls0,
+        "windows": windows,
+        "seconds": dt,
+        "windows_per_s": windows / dt,
+        "snippets_per_s": snippets / dt,
+        "stream_hours_per_s": snippets / rate / 3600 / dt,
+        "final_detections": n_final,
+    }
+
+
+def stream_benchmark(
+    backend: str,
+    device: str = "cpu",
+    streams: Sequence[int] = (1, 64, 1024),
+    *,
+    preset: str = "anet",
+    batch_size: int = 64,
+    target_windows: int = 256,
+    latency_windows: int = 50,
+    rate: float = 2.0,
+    threads: int | None = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Latency at batch 1 and throughput per number of concurrent streams, for one backend.
+
+    Returns ``{"backend", "device", "preset", "latency": {...}, "throughput": [{...} per N],
+    "status", "reason"}``; a backend that cannot run here is ``status: "skipped"`` with the reason,
+    one that raises anything else ``status: "failed"`` (the rows done so far are kept).
+    ``threads``: torch intra-op threads on CPU (None leaves the setting alone).
+    """
+    if threads is not None and torch.device(device).type == "cpu":
+        torch.set_num_threads(threads)
+    out: dict[str, Any] = {"backend": backend, "device": device, "preset": preset, "rate": rate}
+    model, cfg = random_model(preset, seed)
+    model = model.to(device)
+    with tempfile.TemporaryDirectory(prefix="spot_stream_bench_") as work:
+        try:
+            s1 = make_session(backend, model, cfg, device=device, batch_size=1, workdir=work)
+            out["latency"] = latency(s1, windows=latency_windows, rate=rate)
+            rows = out["throughput"] = []
+            for n in streams:
+                sess = make_session(
+                    backend, model, cfg, device=device, batch_size=min(batch_size, n), workdir=work
+                )
+                throughput(sess, min(n, 2), target_windows=2, rate=rate)  # warm-up (compiles, allocations)
+                rows.append(throughput(sess, n, target_windows=target_windows, rate=rate))
+            out["status"], out["reason"] = "ok", ""
+        except (SessionError, ImportError) as e:
+            out["status"], out["reason"] = "skipped", " ".join(str(e).split())
+        except Exception as e:  # noqa: BLE001 - a time-boxed GPU script must go on to the next backend
+            out["status"], out["reason"] = "failed", f"{type(e).__name__}: {' '.join(str(e).split())[:500]}"
+    return out
+
+
+# ---------------------------------------------------------------------------------------- memory
+def memory_run(
+    hours: float, *, preset: str = "anet", rate: float = 2.0, chunk: int = 64, seed: int = 0
+) -> dict:
+    """One stream of ``hours`` at ``rate`` snippets/s through a batch-1 eager session, in this process.
+
+    Features are generated chunk by chunk (nothing of the stream is kept by the caller). Returns
+    peak RSS (KiB), the stored per-window detections (bytes), windows, seconds.
+    """
+    import resource
+
+    torch.set_num_threads(1)
+    model, cfg = random_model(preset, seed)
+    session = EagerSession(model, cfg, batch_size=1)
+    det = StreamDetector(session, snippet_rate=rate, preview=True)
+    n = int(round(hours * 3600 * rate))
+    rng = np.random.default_rng(seed)
+    det.open("long")
+    t0 = time.perf_counter()
+    done = 0
+    peak_stored = 0
+    while done < n:
+        k = min(chunk, n - done)
+        det.push("long", rng.standard_normal((k, cfg.model.feat_dim), dtype=np.float32))
+        done += k
+    mem = det.memory()
+    peak_stored = mem["stored_detections"]
+    final = det.close("long")
+    dt = time.perf_counter() - t0
+    return {
+        "hours": hours,
+        "preset": preset,
+        "rate": rate,
+        "snippets": n,
+        "windows": det.windows_run,
+        "final_detections": len(final),
+        "stored_detection_bytes": peak_stored,
+        "stored_bound_bytes": det.windows_run * cfg.decode.max_detections * BYTES_PER_DETECTION,
+        "buffer_bytes": mem["buffers"],
+        "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "seconds": dt,
+    }
+
+
+def measure_memory(hours: Sequence[float], *, preset: str = "anet", rate: float = 2.0) -> list[dict]:
+    """:func:`memory_run` for each of ``hours`` in a fresh Python process (peak RSS is per process)."""
+    rows = []
+    for h in hours:
+        cmd = [sys.executable, "-m", "benchmarks.streaming", "memory-one", "--hours", str(h)]
+        cmd += ["--preset", preset, "--rate", str(rate)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------- ActRecTut
+def actrectut_map(
+    data_dir: str | Path,
+    *,
+    direction: str = "1->2",
+    chunks: Sequence[int] = (1, 7, 64),
+    overrides: Sequence[str] = (),
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Train on one ActRecTut subject (window mode, :func:`spot_core.actrectut.trained_direction`),
+    stream the other subject's test pieces through the runtime in chunks of ``chunks`` snippets, and
+    compare the streamed mAP with the offline mAP (:func:`runtime.detector.streamed_vs_offline_map`).
+
+    Also reports the package's own offline evaluation (``spot_core.actrectut.evaluate_split``, the
+    unpadded batch-64 path) for reference. ``overrides``: config ``--set`` strings (e.g. fewer epochs).
+    """
+    from runtime.detector import streamed_vs_offline_map
+    from spot_core.actrectut import evaluate_split, trained_direction
+
+    torch.set_num_threads(1)
+    cfg = SpotConfig.preset("actrectut").override(list(overrides))
+    t0 = time.perf_counter()
+    model, mcfg, feats, gt, split = trained_direction(data_dir, direction, cfg=cfg)
+    t_train = time.perf_counter() - t0
+    session = EagerSession(model, mcfg, batch_size=batch_size)
+    res = streamed_vs_offline_map(session, feats, gt, chunks=chunks)
+    res["package_offline_average_mAP"] = evaluate_split(model, split, mcfg)["average_mAP"]
+    res.update(
+        direction=direction,
+        overrides=list(overrides),
+        pieces=len(feats),
+        snippets=int(sum(f.shape[0] for f in feats.values())),
+        train_seconds=round(t_train, 1),
+        seconds=round(time.perf_counter() - t0, 1),
+    )
+    return res
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def format_table(reports: Sequence[dict]) -> str:
+    lines = ["| backend | device | p50 ms/window (b=1) | p99 | streams | batch | windows/s | snippets/s |"]
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for r in reports:
+        if r.get("status") != "ok":
+            lines.append(
+                f"| {r['backend']} | {r['device']} | {r.get('status')}: {r.get('reason', '')[:60]} "
+                "| | | | | |"
+            )
+            continue
+        lat = r["latency"]
+        for i, t in enumerate(r["throughput"]):
+            head = f"{lat['p50_ms']:.2f} | {lat['p99_ms']:.2f}" if i == 0 else " | "
+            lines.append(
+                f"| {r['backend']} | {r['device']} | {head} | {t['streams']} | {t['batch_size']} | "
+                f"{t['windows_per_s']:.1f} | {t['snippets_per_s']:.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["memory-one"]:
+        ap = argparse.ArgumentParser(prog="python -m benchmarks.streaming memory-one")
+        ap.add_argument("--hours", type=float, required=True)
+        ap.add_argument("--preset", default="anet")
+        ap.add_argument("--rate", type=float, default=2.0)
+        a = ap.parse_args(argv[1:])
+        print(json.dumps(memory_run(a.hours, preset=a.preset, rate=a.rate)))
+        return 0
+    if argv[:1] == ["actrectut"]:
+        ap = argparse.ArgumentParser(prog="python -m benchmarks.streaming actrectut")
+        ap.add_argument("--data", default="../shared/data/actrectut")
+        ap.add_argument("--direction", default="1->2")
+        ap.add_argument("--set", dest="overrides", nargs="*", default=[])
+        ap.add_argument("--json", help="write the result here")
+        a = ap.parse_args(argv[1:])
+        r = actrectut_map(a.data, direction=a.direction, overrides=a.overrides)
+        print("| run | average mAP (%) |")
+        print("|---|---|")
+        print(f"| offline | {100 * r['offline']['average_mAP']:.4f} |")
+        for c, v in r["streamed"].items():
+            print(f"| streamed, chunks of {c} | {100 * v['average_mAP']:.4f} |")
+        print(f"equal: {r['equal']}, identical detections: {r['identical_detections']}")
+        print(f"package offline path (unpadded batch 64): {100 * r['package_offline_average_mAP']:.4f}")
+        if a.json:
+            Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.json).write_text(json.dumps(r, indent=2))
+        return 0
+    if argv[:1] == ["memory"]:
+        ap = argparse.ArgumentParser(prog="python -m benchmarks.streaming memory")
+        ap.add_argument("--hours", type=float, nargs="+", default=[1.0, 10.0])
+        ap.add_argument("--preset", default="anet")
+        ap.add_argument("--rate", type=float, default=2.0)
+        ap.add_argument("--json", help="write the rows here")
+        a = ap.parse_args(argv[1:])
+        rows = measure_memory(a.hours, preset=a.preset, rate=a.rate)
+        print("| hours | snippets | windows | peak RSS MiB | stored detections KiB | seconds |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            print(
+                f"| {r['hours']:g} | {r['snippets']} | {r['windows']} | {r['peak_rss_kib'] / 1024:.1f} | "
+                f"{r['stored_detection_bytes'] / 1024:.1f} | {r['seconds']:.1f} |"
+            )
+        if len(rows) >= 2:
+            lo, hi = rows[0]["peak_rss_kib"], rows[-1]["peak_rss_kib"]
+            print(f"peak RSS ratio (last / first): {hi / lo:.4f}")
+        if a.json:
+            Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.json).write_text(json.dumps(rows, indent=2))
+        return 0
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.streaming", description=__doc__)
+    ap.add_argument("--backends", default=",".join(BACKENDS))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--streams", default="1,64,1024")
+    ap.add_argument("--preset", default="anet")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--target-windows", type=int, default=256)
+    ap.add_argument("--latency-windows", type=int, default=50)
+    ap.add_argument(
+        "--json", help="write the report here (default benchmarks/results/streaming_<device>.json)"
+    )
+    a = ap.parse_args(argv)
+    from benchmarks.common import device_info
+
+    streams = [int(s) for s in a.streams.split(",") if s]
+    reports = []
+    for b in [s for s in a.backends.split(",") if s]:
+        reports.append(
+            stream_benchmark(
+                b,
+                a.device,
+                streams,
+                preset=a.preset,
+                batch_size=a.batch_size,
+                target_windows=a.target_windows,
+                latency_windows=a.latency_windows,
+            )
+        )
+        print(format_table(reports[-1:]), flush=True)
+    info = device_info()
+    if torch.device(a.device).type == "cuda":
+        info["device"] = torch.cuda.get_device_name()
+    report = {"machine": info, "reports": reports}
+    out = Path(a.json or f"benchmarks/results/streaming_{torch.device(a.device).type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print()
+    print(format_table(reports))
+    print(f"report: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

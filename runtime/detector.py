@@ -1,0 +1,741 @@
+"""Streaming sliding-window detection over many concurrent streams (DESIGN.md section 5).
+
+::
+
+    det = StreamDetector(session, stride=50, snippet_rate=2.0)
+    det.open("cam0")
+    for chunk in chunks:                 # features [n, C], any n >= 0 (one snippet at a time included)
+        early = det.push("cam0", chunk)  # preview detections (final=False) of any stream, see below
+    final = det.close("cam0")            # the exact result (final=True): equal to the offline output
+
+**Windows.** Exactly the offline windows of :func:`spot_core.data.windows.slide_video`: T snippets
+(the model's window) starting at 0, S, 2S, ... A window runs as soon as its last snippet arrives;
+at :meth:`StreamDetector.close` the last window (the only one of a stream shorter than T), which
+the offline path zero-pads, runs padded with its valid length masked in decode.
+
+**Batching.** Complete windows of all open streams wait in one FIFO queue. A batch of
+``session.batch_size`` windows runs as soon as the queue holds that many; a partial batch runs
+when its oldest window has waited ``max_delay_s`` (checked at every :meth:`push`, :meth:`poll`
+and :meth:`close`; 0 runs every window within the call that completed it). The runtime is
+single-threaded: time passes only between calls, so a live server calls :meth:`poll` on a timer.
+
+**Exactness.** The final output of a stream (:meth:`close`) equals the offline output on its whole
+feature sequence (:func:`offline_detect`) bit for bit: same windows, same per-window detections
+(the session's padded batches make them independent of which windows share a batch, see
+:mod:`runtime.session`), then the same :func:`spot_core.decode.merge_windows` call on the same
+tensors and the same :func:`spot_core.decode.results_json`.
+
+**What is emitted early, and why it is only a preview.** The offline merge is one Gaussian
+Soft-NMS over every window's detections of the whole video, keeping ``max_detections`` per video.
+No detection is certain before the stream ends: (1) the per-video top-D cut is global, a later
+stronger detection can push any earlier one out; (2) Soft-NMS decays propagate along chains of
+overlapping detections: if A overlaps B and B overlaps C (in a later window), C being picked first
+decays B, so B no longer decays A, so A's final score changes; a chain of any length reaches back
+arbitrarily far (with scores rising along the chain, the final score of the first detection
+depends on the parity of the chain's length). So :meth:`push` returns *preview* detections
+(``final=False``): when windows complete, the detections that no later window can overlap any
+more (their end is at or before the next window's start) are scored by a Soft-NMS over the
+detections of the windows around them, and the best ``max_detections`` of that local problem that
+are newly settled are emitted, each detection once. Only :meth:`close` returns final detections.
+
+**Memory.** Bounded by the window and the number of open streams: per stream a buffer of T
+snippets, the queued windows (fewer than ``batch_size`` between calls) -- except
+for one thing that grows: the exact final merge needs every window's detections, so each stream
+keeps its windows' decoded detections in compact form (start/end as int32 snippet indices, score
+float32, label int32: 16 bytes per detection, at most ``max_detections`` per window). ActivityNet
+preset at 2 snippets/s, stride 50: 144 windows per hour, at most 230 KB per stream-hour. The
+features, model outputs and proposals of a window are dropped as soon as it is decoded. See
+docs/runtime.md for the measured peak RSS of 1-hour and 10-hour streams.
+
+**Bad input.** A malformed chunk (wrong shape or channel count, NaN/Inf, wrong dtype) is rejected
+with :class:`StreamError` naming the stream and the snippet offset, before anything of it is
+stored: the stream stays as it was and may go on. Pushes to an unknown or closed stream raise
+:class:`StreamError`; other streams are never affected. If the model fails on a batch, the batch
+is re-run window by window and only the streams whose window fails are marked failed (their next
+call raises :class:`StreamError` with the cause).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from spot_core.config import SpotConfig
+from spot_core.data.windows import window_starts
+from spot_core.decode import Detections, merge_windows, results_json, to_seconds
+from spot_core.nms import soft_nms
+
+from .session import Session
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BYTES_PER_DETECTION",
+    "Detection",
+    "merge_top",
+    "pass_through",
+    "StreamDetector",
+    "StreamError",
+    "offline_detect",
+    "offline_windows",
+]
+
+#: compact storage of one decoded detection kept for the final merge: start, end (int32), score
+#: (float32), label (int32)
+BYTES_PER_DETECTION = 16
+#: how many recently closed stream ids are remembered (to say "already closed" rather than "unknown")
+CLOSED_IDS_KEPT = 10_000
+
+
+class StreamError(ValueError):
+    """Bad input or state of one stream; ``stream_id`` and (for chunks) ``offset`` name where."""
+
+    def __init__(self, stream_id: str, message: str, offset: int | None = None) -> None:
+        where = f"stream {stream_id!r}" + (f" at snippet {offset}" if offset is not None else "")
+        super().__init__(f"{where}: {message}")
+        self.stream_id = stream_id
+        self.offset = offset
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected action of a stream, times in seconds from the stream's first snippet."""
+
+    stream_id: str
+    start: float
+    end: float
+    label: str
+    label_id: int
+    score: float
+    final: bool  # True: part of close()'s exact output; False: a preview from push()
+
+    def to_json(self) -> dict[str, Any]:
+        """The ActivityNet result entry ``{"label", "score", "segment"}``."""
+        return {"label": self.label, "score": self.score, "segment": [self.start, self.end]}
+
+
+@dataclass
+class _Job:
+    stream: _Stream
+    index: int  # window index in the stream
+    features: np.ndarray  # [T, C] float32, zero padded beyond valid
+    valid: int
+    t_enqueued: float
+
+
+@dataclass(eq=False)  # identity semantics: streams are dict keys
+class _Stream:
+    sid: str
+    rate: float
+    sec: float
+    buf: np.ndarray  # [T, C] float32; rows [0, fill) are snippets buf_start.. of the stream
+    fill: int = 0
+    buf_start: int = 0  # == next_window * stride (invariant)
+    received: int = 0  # snippets accepted so far
+    next_window: int = 0  # windows enqueued so far (the next one starts at next_window * stride)
+    done: int = 0  # windows decoded so far (in order: one queue, FIFO)
+    closing: bool = False
+    error: str | None = None
+    # per window, decoded detections: (seg int32 [n, 2], score float32 [n], label int32 [n])
+    dets: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    previewed_to: int = 0  # preview frontier (snippets): detections ending at or before it were previewed
+
+    def stored_bytes(self) -> int:
+        return sum(s.nbytes + c.nbytes + lab.nbytes for s, c, lab in self.dets)
+
+
+class StreamDetector:
+    """Sliding-window SPOT detection over concurrent feature streams (see the module doc).
+
+    Args:
+        session: a :class:`runtime.session.Session` (any backend); its config gives C, T, K,
+            the class names and the decode settings.
+        window: T; must equal the model's window (``cfg.model.num_snippets``). Default: that.
+        stride: S in snippets, ``1 <= S <= T``. Default ``cfg.data.stride``.
+        snippet_rate: snippets per second, for times in seconds. Default ``cfg.data.snippet_rate``,
+            else 1.0 (times in snippets). :meth:`open` can set it per stream.
+        max_delay_s: latency budget: a partial batch runs once its oldest window waited this long.
+            0 (the default) runs every complete window within the call that completed it: lowest
+            latency, but windows of different pushes never share a batch; ``math.inf`` runs only
+            full batches (and the rest at :meth:`flush` / :meth:`close`), as for offline files.
+        preview: compute preview detections in :meth:`push` (False: push returns ``[]``).
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        window: int | None = None,
+        stride: int | None = None,
+        snippet_rate: float | None = None,
+        max_delay_s: float = 0.0,
+        preview: bool = True,
+    ) -> None:
+        cfg = session.cfg
+        T = cfg.model.num_snippets
+        if window is not None and window != T:
+            raise ValueError(f"window {window} != the model's window T = {T} (fixed by the mask head)")
+        S = cfg.data.stride if stride is None else int(stride)
+        window_starts(T, T, S)  # validates 1 <= S <= T
+        rate = snippet_rate if snippet_rate is not None else (cfg.data.snippet_rate or 1.0)
+        if rate <= 0:
+            raise ValueError(f"snippet_rate must be > 0, got {rate}")
+        if max_delay_s < 0:
+            raise ValueError(f"max_delay_s must be >= 0, got {max_delay_s}")
+        self.session = session
+        self.cfg: SpotConfig = cfg
+        self.window, self.stride, self.snippet_rate = T, S, float(rate)
+        self.max_delay_s = float(max_delay_s)
+        self.preview = preview
+        self.names = cfg.names()
+        self._streams: dict[str, _Stream] = {}
+        self._closed: OrderedDict[str, None] = OrderedDict()  # recent closed ids, for error messages
+        self._queue: deque[_Job] = deque()
+        self._outbox: list[Detection] = []  # previews not yet returned (e.g. produced inside close())
+        self.windows_run = 0
+
+    # ------------------------------------------------------------------ stream lifecycle
+    @property
+    def open_streams(self) -> list[str]:
+        return list(self._streams)
+
+    def open(self, stream_id: str, *, snippet_rate: float | None = None) -> None:
+        """Start a stream. Its id must not be open (a closed id may be reused)."""
+        sid = str(stream_id)
+        if sid in self._streams:
+            raise StreamError(sid, "already open")
+        rate = self.snippet_rate if snippet_rate is None else float(snippet_rate)
+        if not rate > 0:
+            raise StreamError(sid, f"snippet_rate must be > 0, got {snippet_rate}")
+        buf = np.zeros((self.window, self.cfg.model.feat_dim), dtype=np.float32)
+        self._streams[sid] = _Stream(sid, rate, 1.0 / rate, buf)
+        self._closed.pop(sid, None)
+
+    def _get(self, stream_id: str) -> _Stream:
+        sid = str(stream_id)
+        st = self._streams.get(sid)
+        if st is None:
+            why = "already closed" if sid in self._closed else "unknown stream (not open; call open() first)"
+            raise StreamError(sid, why)
+        if st.error is not None:
+            self.abort(sid)
+            raise StreamError(sid, f"failed and was dropped: {st.error}")
+        return st
+
+    def abort(self, stream_id: str) -> None:
+        """Drop a stream and its queued windows without output."""
+        sid = str(stream_id)
+        st = self._streams.pop(sid, None)
+        self._queue = deque(j for j in self._queue if j.stream is not st)
+        self._mark_closed(sid)
+
+    def _mark_closed(self, sid: str) -> None:
+        self._closed[sid] = None
+        self._closed.move_to_end(sid)
+        while len(self._closed) > CLOSED_IDS_KEPT:  # bounded: memory follows the open streams only
+            self._closed.popitem(last=False)
+
+    # ------------------------------------------------------------------ input
+    def _validate(self, st: _Stream, features: Any) -> np.ndarray:
+        C = self.cfg.model.feat_dim
+        if isinstance(features, torch.Tensor):
+            features = features.detach().cpu().numpy()
+        x = np.asarray(features)
+        off = st.received
+        if x.ndim != 2:
+            raise StreamError(st.sid, f"a chunk must be [n, C={C}], got shape {x.shape}", off)
+        if x.shape[1] != C:
+            raise StreamError(
+                st.sid, f"chunk has {x.shape[1]} channels per snippet, the model expects {C}", off
+            )
+        if x.dtype == np.bool_ or not (
+            np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
+        ):
+            raise StreamError(st.sid, f"chunk must be real numbers, got dtype {x.dtype}", off)
+        with np.errstate(over="ignore"):
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        finite = np.isfinite(x)
+        if not finite.all():
+            row = int(np.argmin(finite.all(axis=1)))
+            col = int(np.argmin(finite[row]))
+            raise StreamError(
+                st.sid, f"non-finite value {x[row, col]} in channel {col} (chunk row {row})", off + row
+            )
+        return x
+
+    def push(self, stream_id: str, features: Any) -> list[Detection]:
+        """Append ``features [n, C]`` (n >= 0) to a stream; run the windows that are due.
+
+        Returns the preview detections (``final=False``) produced by this call, of any stream
+        (each names its stream). Raises :class:`StreamError` for bad input, leaving the stream
+        as it was.
+        """
+        st = self._get(stream_id)
+        x = self._validate(st, features)
+        T, S = self.window, self.stride
+        pos, n = 0, x.shape[0]
+        while pos < n:
+            take = min(n - pos, T - st.fill)  # >= 1: fill < T between windows
+            st.buf[st.fill : st.fill + take] = x[pos : pos + take]
+            st.fill += take
+            st.received += take
+            pos += take
+            while st.fill >= T:  # window next_window is complete: [buf_start, buf_start + T)
+                self._queue.append(_Job(st, st.next_window, st.buf[:T].copy(), T, time.perf_counter()))
+                st.next_window += 1
+                st.buf[: st.fill - S] = st.buf[S : st.fill]
+                st.fill -= S
+                st.buf_start += S
+                if len(self._queue) >= self.session.batch_size:
+                    self._run_batch()
+        return self.poll()
+
+    # ------------------------------------------------------------------ scheduling
+    def poll(self) -> list[Detection]:
+        """Run every full batch, and a partial one if its oldest window is older than ``max_delay_s``."""
+        B = self.session.batch_size
+        while self._queue and (
+            len(self._queue) >= B or time.perf_counter() - self._queue[0].t_enqueued >= self.max_delay_s
+        ):
+            self._run_batch()
+        return self._take_outbox()
+
+    def flush(self) -> list[Detection]:
+        """Run every queued window now, whatever the latency budget; the previews produced."""
+        while self._queue:
+            self._run_batch()
+        return self._take_outbox()
+
+    def _take_outbox(self) -> list[Detection]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def _run_batch(self) -> None:
+        B = self.session.batch_size
+        jobs = [self._queue.popleft() for _ in range(min(B, len(self._queue)))]
+        jobs = [j for j in jobs if j.stream.error is None]
+        if not jobs:
+            return
+        try:
+            self._decode(jobs)
+        except Exception as e:  # noqa: BLE001 - isolate the failing stream, keep the others
+            log.warning(
+                "batch of %d windows failed (%s: %s); retrying one by one", len(jobs), type(e).__name__, e
+            )
+            for j in jobs:
+                if j.stream.error is not None:
+                    continue
+                try:
+                    self._decode([j])
+                except Exception as e1:  # noqa: BLE001
+                    j.stream.error = f"window {j.index} failed in the model: {type(e1).__name__}: {e1}"
+                    log.error("stream %r: %s", j.stream.sid, j.stream.error)
+        if self.preview:
+            touched = list(dict.fromkeys(j.stream for j in jobs if j.stream.error is None))
+            self._outbox.extend(self._preview(touched))
+
+    def _decode(self, jobs: Sequence[_Job]) -> None:
+        expect: dict[int, int] = {}
+        for j in jobs:  # one FIFO queue: a stream's windows are decoded in order
+            want = expect.get(id(j.stream), j.stream.done)
+            if j.index != want:
+                raise RuntimeError(f"stream {j.stream.sid!r}: window {j.index} decoded out of order")
+            expect[id(j.stream)] = want + 1
+        x = np.stack([j.features.T for j in jobs])  # x: [b, C, T]
+        det = self.session.detect(torch.from_numpy(x), [j.valid for j in jobs])  # [b, D]
+        nvalid = det.valid.sum(dim=1).tolist()
+        seg = det.segments.round().to(torch.int32).numpy()
+        sc = det.scores.to(torch.float32).numpy()
+        lab = det.labels.to(torch.int32).numpy()
+        for b, j in enumerate(jobs):
+            st, nv = j.stream, int(nvalid[b])
+            st.dets.append((seg[b, :nv].copy(), sc[b, :nv].copy(), lab[b, :nv].copy()))
+            st.done += 1
+        self.windows_run += len(jobs)
+
+    # ------------------------------------------------------------------ preview
+    def _preview(self, streams: Sequence[_Stream]) -> list[Detection]:
+        """Preview detections of newly settled spans (module doc): one batched Soft-NMS over the streams."""
+        T, S, D = self.window, self.stride, self.cfg.decode.max_detections
+        rows = []
+        for st in streams:
+            frontier = math.inf if st.closing else st.done * S  # no later window starts before it
+            lo = st.previewed_to
+            if frontier <= lo:
+                continue
+            first = max(0, (lo - 2 * T) // S)  # windows that may overlap a newly settled detection
+            segs, scs, labs, new = [], [], [], []
+            for w in range(first, st.done):
+                s, c, lab = st.dets[w]
+                a = w * S
+                segs.append(s.astype(np.float64) + a)
+                scs.append(c)
+                labs.append(lab)
+                end = s[:, 1] + a
+                new.append((end > lo) & (end <= frontier))
+            st.previewed_to = frontier if frontier != math.inf else st.received
+            if not segs:
+                continue
+            seg = np.concatenate(segs) if segs else np.zeros((0, 2))
+            if not np.concatenate(new).any():
+                continue
+            rows.append((st, seg, np.concatenate(scs), np.concatenate(labs), np.concatenate(new)))
+        if not rows:
+            return []
+        N = max(r[1].shape[0] for r in rows)
+        R = len(rows)
+        seg_t = torch.zeros(R, N, 2, dtype=torch.float64)
+        sc_t = torch.zeros(R, N)
+        lab_t = torch.zeros(R, N, dtype=torch.long)
+        val_t = torch.zeros(R, N, dtype=torch.bool)
+        for i, (_, seg, sc, lab, _) in enumerate(rows):
+            n = seg.shape[0]
+            seg_t[i, :n] = torch.from_numpy(seg)
+            sc_t[i, :n] = torch.from_numpy(sc)
+            lab_t[i, :n] = torch.from_numpy(lab.astype(np.int64))
+            val_t[i, :n] = True
+        cfg = self.cfg.decode
+        _, o_sc, _, o_val, o_idx = soft_nms(
+            seg_t,
+            sc_t,
+            lab_t,
+            val_t,
+            sigma=cfg.nms_sigma,
+            max_detections=min(D, N),
+            class_aware=cfg.nms_class_aware,
+        )
+        out = []
+        for i, (st, seg, _, lab, new) in enumerate(rows):
+            for score, ok, idx in zip(o_sc[i].tolist(), o_val[i].tolist(), o_idx[i].tolist(), strict=True):
+                if ok and new[idx]:
+                    s, e = seg[idx]
+                    out.append(self._detection(st.sid, s * st.sec, e * st.sec, int(lab[idx]), score, False))
+        return out
+
+    def _detection(self, sid: str, s: float, e: float, label: int, score: float, final: bool) -> Detection:
+        return Detection(sid, float(s), float(e), self.names[label], int(label), float(score), final)
+
+    # ------------------------------------------------------------------ close
+    def close(self, stream_id: str, *, duration: float | None = None) -> list[Detection]:
+        """End a stream: run its last (padded) window and every queued window, merge, return the final list.
+
+        The result (``final=True``, score descending) equals :func:`offline_detect` on the stream's
+        whole feature sequence. ``duration`` (seconds) clips segments as
+        :func:`spot_core.decode.results_json` does. A stream with no snippet yields ``[]``.
+        """
+        return self.close_json(stream_id, duration=duration)[1]
+
+    def close_json(
+        self, stream_id: str, *, duration: float | None = None
+    ) -> tuple[list[dict], list[Detection]]:
+        """:meth:`close`, also returning the ActivityNet result entries of the stream."""
+        st = self._get(stream_id)
+        st.closing = True
+        N, T, S = st.received, self.window, self.stride
+        if N > 0:
+            n_windows = len(window_starts(N, T, S))
+            if n_windows > st.next_window:  # the last, partial window (zero padded, valid length masked)
+                valid = N - st.buf_start
+                assert n_windows == st.next_window + 1 and valid == st.fill and 0 < valid < T
+                feats = np.zeros((T, st.buf.shape[1]), dtype=np.float32)
+                feats[:valid] = st.buf[:valid]
+                self._queue.append(_Job(st, st.next_window, feats, valid, time.perf_counter()))
+                st.next_window += 1
+        try:
+            while self._queue:
+                self._run_batch()
+            # previews of the closing stream are superseded by its final list; keep the others'
+            self._outbox = [d for d in self._outbox if d.stream_id != st.sid]
+            if st.error is not None:
+                raise StreamError(st.sid, f"failed: {st.error}")
+            entries = self._final(st, duration)
+        finally:
+            del self._streams[st.sid]
+            self._mark_closed(st.sid)
+        idx = {n: i for i, n in enumerate(self.names)}
+        dets = [
+            Detection(st.sid, e["segment"][0], e["segment"][1], e["label"], idx[e["label"]], e["score"], True)
+            for e in entries
+        ]
+        return entries, dets
+
+    def _final(self, st: _Stream, duration: float | None) -> list[dict]:
+        """The offline merge on the stored per-window detections (same tensors as offline)."""
+        W, D = len(st.dets), self.cfg.decode.max_detections
+        if W == 0:
+            return []
+        seg = torch.zeros(W, D, 2, dtype=torch.float32)
+        sc = torch.zeros(W, D, dtype=torch.float32)
+        lab = torch.zeros(W, D, dtype=torch.long)
+        val = torch.zeros(W, D, dtype=torch.bool)
+        for w, (s, c, la) in enumerate(st.dets):
+            n = s.shape[0]
+            seg[w, :n] = torch.from_numpy(s.astype(np.float32))
+            sc[w, :n] = torch.from_numpy(c)
+            lab[w, :n] = torch.from_numpy(la.astype(np.int64))
+            val[w, :n] = True
+        # offline: Window.t_start = a * sec with a = i * stride; snippet_sec = sec (float64 tensors)
+        t0 = torch.tensor([(w * self.stride) * st.sec for w in range(W)], dtype=torch.float64)
+        dt = torch.tensor([st.sec] * W, dtype=torch.float64)
+        seg_sec = to_seconds(seg, t0, dt)  # [W, D, 2] float64
+        if W == 1:
+            merged = {st.sid: pass_through(seg_sec[0], sc[0], lab[0], val[0], D)}
+        else:
+            merged = {
+                st.sid: merge_top(
+                    seg_sec.reshape(-1, 2), sc.reshape(-1), lab.reshape(-1), val.reshape(-1), self.cfg.decode
+                )
+            }
+        dur = None if duration is None else {st.sid: duration}
+        return results_json([st.sid], merged, self.names, dur)["results"].get(st.sid, [])
+
+    # ------------------------------------------------------------------ introspection
+    def memory(self) -> dict[str, int]:
+        """Bytes held: feature buffers, queued windows, and the stored per-window detections."""
+        return {
+            "buffers": sum(st.buf.nbytes for st in self._streams.values()),
+            "queued_windows": sum(j.features.nbytes for j in self._queue),
+            "stored_detections": sum(st.stored_bytes() for st in self._streams.values()),
+        }
+
+
+# ---------------------------------------------------------------------------------------- merge
+@torch.no_grad()
+def merge_top(
+    seg: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, cfg
+) -> Detections:
+    """:func:`spot_core.decode.merge_windows` of one multi-window video, exactly, on fewer candidates.
+
+    ``seg [N, 2]`` (seconds), ``scores``, ``labels``, ``valid [N]``: every window's detections in
+    window order. merge_windows runs one Soft-NMS over all N and keeps the first D picks. Here the
+    Soft-NMS runs on the K best candidates by original score (K = 4D, then x4 while needed), in
+    their original order, and the result is accepted only with a certificate that it is the same:
+    if the best excluded original score ``m`` is below the D-th emitted score ``e_D``, then at every
+    one of the first D picks every excluded candidate's current score (<= its original <= m) is
+    strictly below the picked one (>= e_D), so the full problem picks the same candidate (ties
+    among the included ones go to the lowest index in both: the order is kept), the included
+    candidates see the same decays in the same order, and the excluded ones decay no one before
+    pick D. Each decay is the same elementwise expression of the same two segments, so the bits
+    agree. Otherwise K grows, up to all N (then it is merge_windows' own computation).
+
+    Why: a long stream has N = windows x D candidates; one Soft-NMS over all of them costs D passes
+    over N, and its per-pick temporaries fragment the heap (measured: +48 MB of peak RSS for a
+    4-hour toy stream). Returns unbatched :class:`Detections` ``[D]`` (segments float64).
+    """
+    D = cfg.max_detections
+    idx = torch.nonzero(valid.bool()).flatten()  # valid candidates, in order
+    n = idx.numel()
+    key = scores.float()[idx]
+    order = idx[torch.sort(key, descending=True, stable=True).indices]  # best original score first
+    K = min(4 * D, n)
+    while True:
+        sel = torch.sort(order[:K]).values  # the K best, back in window order
+        out = soft_nms(
+            seg[sel][None],
+            scores.float()[sel][None],
+            labels.long()[sel][None],
+            torch.ones(1, K, dtype=torch.bool),
+            sigma=cfg.nms_sigma,
+            max_detections=D,
+            class_aware=cfg.nms_class_aware,
+        )
+        if K >= n:
+            break
+        e_D = float(out[1][0, D - 1]) if bool(out[3][0, D - 1]) else -math.inf
+        m = float(scores.float()[order[K]])
+        if m < e_D:
+            break
+        K = min(4 * K, n)
+    o_seg, o_sc, o_lab, o_val, _ = out
+    return Detections(o_seg[0], o_sc[0], o_lab[0], o_val[0])
+
+
+@torch.no_grad()
+def pass_through(
+    seg: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, D: int
+) -> Detections:
+    """:func:`spot_core.decode.merge_windows` of a single-window video, without its Soft-NMS pass.
+
+    merge_windows passes a single window's ``[M]`` rows through: sorted by score (valid first,
+    stable), cut or padded to D, invalid rows zeroed; it also runs (and discards) a Soft-NMS over
+    them, 6 ms a stream on the ANet preset. Same expressions here, on ``[M]`` rows.
+    """
+    M = scores.shape[0]
+    key = torch.where(valid, scores.float(), float("-inf"))
+    order = torch.sort(key, descending=True, stable=True).indices[:D]
+    seg, sc, lab, val = seg[order], scores.float()[order], labels.long()[order], valid.bool()[order]
+    if M < D:
+        seg = F.pad(seg, (0, 0, 0, D - M))
+        sc, lab, val = (F.pad(x, (0, D - M)) for x in (sc, lab, val.long()))
+        val = val.bool()
+    return Detections(
+        torch.where(val[:, None], seg, 0.0), torch.where(val, sc, 0.0), torch.where(val, lab, 0), val
+    )
+
+
+# ---------------------------------------------------------------------------------------- offline
+def offline_windows(
+    cfg: SpotConfig, features: np.ndarray, *, stride: int, snippet_rate: float, video_id: str
+):
+    """The offline windows of a whole feature sequence: :func:`spot_core.data.windows.slide_video`."""
+    from spot_core.data.annotations import Video
+    from spot_core.data.windows import slide_video
+
+    n = int(np.asarray(features).shape[0])
+    video = Video(video_id=video_id, duration=n / snippet_rate, subset="test", labeled=False)
+    wcfg = cfg.replace(data=dataclasses.replace(cfg.data, mode="window", stride=stride))
+    return slide_video(
+        video, features, wcfg, {c: i for i, c in enumerate(cfg.names())}, snippet_rate, targets=False
+    )
+
+
+@torch.no_grad()
+def offline_detect(
+    session: Session,
+    features: np.ndarray,
+    *,
+    stride: int | None = None,
+    snippet_rate: float | None = None,
+    video_id: str = "stream",
+    duration: float | None = None,
+) -> dict[str, Any]:
+    """The package's offline path on one whole feature sequence ``[N, C]``, with any session.
+
+    :func:`spot_core.inference.predict_windows` with the session in place of the model: the
+    sliding windows of :func:`offline_windows`, forward and decode per window, seconds, one
+    :func:`spot_core.decode.merge_windows` per video, :func:`spot_core.decode.results_json`.
+    Returns the ActivityNet result JSON dict.
+    """
+    cfg = session.cfg
+    S = cfg.data.stride if stride is None else stride
+    rate = snippet_rate if snippet_rate is not None else (cfg.data.snippet_rate or 1.0)
+    windows = offline_windows(cfg, features, stride=S, snippet_rate=rate, video_id=video_id)
+    x = torch.from_numpy(np.stack([w.features_ct() for w in windows]))
+    det = session.detect(x, [w.valid for w in windows])
+    t0 = torch.tensor([w.t_start for w in windows], dtype=torch.float64)
+    dt = torch.tensor([w.snippet_sec for w in windows], dtype=torch.float64)
+    merged = merge_windows(
+        [w.video_id for w in windows],
+        to_seconds(det.segments, t0, dt),
+        det.scores,
+        det.labels,
+        det.valid,
+        cfg.decode,
+    )
+    dur = None if duration is None else {video_id: duration}
+    return results_json([video_id], merged, cfg.names(), dur)
+
+
+def stream_all(
+    detector: StreamDetector,
+    streams: Mapping[str, np.ndarray],
+    chunk: int | Sequence[int],
+    *,
+    durations: Mapping[str, float] | None = None,
+    progress: bool = False,
+    errors: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Stream every ``[N, C]`` sequence of ``streams`` through ``detector`` concurrently (round robin).
+
+    ``chunk``: snippets per push (an int, or a cycle of sizes). Returns the ActivityNet result JSON
+    of the final outputs. With ``errors`` (a dict), a stream that raises :class:`StreamError` is
+    aborted, its message stored under its id, and the other streams go on; without it the error
+    propagates. Used by the CLI and by :func:`streamed_vs_offline_map`.
+    """
+    from tqdm.auto import tqdm
+
+    sizes = [chunk] if isinstance(chunk, int) else list(chunk)
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"chunk sizes must be >= 1, got {chunk}")
+    pos = dict.fromkeys(streams, 0)
+    k = dict.fromkeys(streams, 0)
+    for sid in streams:
+        detector.open(sid)
+    streams = {sid: np.asarray(f) if not hasattr(f, "shape") else f for sid, f in streams.items()}
+    results: dict[str, list[dict]] = {}
+    total = sum(int(np.asarray(f).shape[0]) for f in streams.values())
+    with tqdm(total=total, desc="stream", unit="snippet", disable=not progress, leave=False) as bar:
+        live = list(streams)
+        while live:
+            nxt = []
+            for sid in live:
+                f = streams[sid]
+                n = sizes[k[sid] % len(sizes)]
+                k[sid] += 1
+                part = f[pos[sid] : pos[sid] + n]
+                try:
+                    detector.push(sid, part)
+                    pos[sid] += part.shape[0]
+                    bar.update(part.shape[0])
+                    if pos[sid] >= f.shape[0]:
+                        dur = None if durations is None else durations.get(sid)
+                        results[sid] = detector.close_json(sid, duration=dur)[0]
+                    else:
+                        nxt.append(sid)
+                except StreamError as e:
+                    if errors is None:
+                        raise
+                    errors[sid] = str(e)
+                    log.error("%s", e)
+                    detector.abort(sid)
+                    bar.update(f.shape[0] - pos[sid])
+            live = nxt
+    return {"version": "VERSION 1.3", "results": results, "external_data": {}}
+
+
+def streamed_vs_offline_map(
+    session: Session,
+    features: Mapping[str, np.ndarray],
+    ground_truth: Any,
+    *,
+    chunks: Iterable[int] = (1, 7, 64),
+    stride: int | None = None,
+    snippet_rate: float | None = None,
+    tious: Sequence[float] | None = None,
+    subset: str | None = None,
+) -> dict[str, Any]:
+    """mAP of the streamed output (one run per chunk size) against the offline output's mAP.
+
+    ``features``: video id -> ``[N, C]``; ``ground_truth``: an :class:`AnnotationSet` holding those
+    videos. Durations for clipping come from the ground truth, as in the demo. Returns
+    ``{"offline": {"average_mAP", "mAP"}, "streamed": {chunk: {...}}, "equal": bool,
+    "identical_detections": bool}``, ``equal`` meaning every streamed mAP equals the offline one exactly.
+    """
+    from spot_core.evaluation import PROTOCOLS, evaluate_detection
+
+    cfg = session.cfg
+    thr = tuple(tious) if tious is not None else PROTOCOLS[cfg.data.protocol]
+    durations = {v: ground_truth.videos[v].duration for v in features}
+    offline = {}
+    for vid, f in features.items():
+        offline.update(
+            offline_detect(
+                session, f, stride=stride, snippet_rate=snippet_rate, video_id=vid, duration=durations[vid]
+            )["results"]
+        )
+    off = evaluate_detection(ground_truth, offline, thr, subset=subset)
+    out: dict[str, Any] = {"offline": _map_dict(off), "streamed": {}, "identical_detections": True}
+    for c in chunks:
+        det = StreamDetector(
+            session, stride=stride, snippet_rate=snippet_rate, max_delay_s=math.inf, preview=False
+        )
+        res = stream_all(det, features, c, durations=durations)["results"]
+        out["streamed"][int(c)] = _map_dict(evaluate_detection(ground_truth, res, thr, subset=subset))
+        out["identical_detections"] &= res == offline
+    out["equal"] = all(v == out["offline"] for v in out["streamed"].values())
+    return out
+
+
+def _map_dict(r: Any) -> dict[str, Any]:
+    d = r.to_dict()
+    return {"average_mAP": d["average_mAP"], "mAP": d["mAP"]}

@@ -1,0 +1,237 @@
+"""Offline streaming over feature files: ``python -m runtime.stream``.
+
+    python -m runtime.stream --model FILE --features FILE_OR_DIR [--chunk N] [--out detections.json] \\
+        [--plot out.png] [--backend auto|eager|compile|onnxruntime|tensorrt] [--device cpu|cuda] \\
+        [--provider cpu|cuda|tensorrt] [--batch-size B] [--stride S] [--snippet-rate R] \\
+        [--config FILE | --preset NAME] [--set K=V ...]
+
+``--model``: a checkpoint (``.safetensors``), a heads ONNX export or a TensorRT engine (with its
+sidecar); the config is the one stored with the model unless ``--config`` / ``--preset`` is given
+(then the model is checked against it). ``--features``: one ``.npy`` / ``.csv`` file ``[N, C]`` or
+a folder of them (one stream per file, named after the file). The streams are pushed round robin
+in chunks of ``--chunk`` snippets through one :class:`runtime.detector.StreamDetector`, so windows
+of different files share batches, exactly as live streams would. Output: the ActivityNet result
+JSON (``--out``) and a timeline plot (``--plot``).
+
+Bad input prints ``error: <file>: <problem>``: a model file that does not load or match exits
+with status 2 at once; a feature file that is unreadable or malformed (wrong C, NaN/Inf, named
+with the snippet offset) is reported, the other streams go on, their results are written, and the
+exit status is 2.
+
+The library API (``StreamDetector``, ``open_session``, ``offline_detect``) lives in
+:mod:`runtime.detector` and :mod:`runtime.session` and is re-exported here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from spot_core.config import ConfigError
+from spot_core.data.features import FeatureError, load_features
+
+from .detector import (
+    Detection,
+    StreamDetector,
+    StreamError,
+    offline_detect,
+    stream_all,
+    streamed_vs_offline_map,
+)
+from .session import BACKENDS, SessionError, open_session
+
+__all__ = [
+    "Detection",
+    "StreamDetector",
+    "StreamError",
+    "load_streams",
+    "main",
+    "offline_detect",
+    "run_files",
+    "streamed_vs_offline_map",
+]
+
+log = logging.getLogger(__name__)
+
+
+def load_streams(
+    path: str | Path, feat_dim: int
+) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, Path]]:
+    """``{stream id: features [N, C]}`` from a file or a folder, ``{file: error}`` for unusable files
+    and ``{stream id: file}``.
+
+    ``.npy`` files are memory-mapped (a 10-hour stream is not read into memory at once; NaN/Inf is
+    found chunk by chunk while streaming); ``.csv`` files are read whole by
+    :func:`spot_core.data.features.load_features`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".npy", ".csv"))
+        if not files:
+            raise FeatureError(f"{path}: no .npy or .csv feature files in the folder")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise FeatureError(f"{path}: feature file or folder not found")
+    streams: dict[str, np.ndarray] = {}
+    errors: dict[str, str] = {}
+    sources: dict[str, Path] = {}
+    for f in files:
+        try:
+            if f.stem in streams:
+                raise FeatureError(f"{f}: a second file for stream {f.stem!r}")
+            if f.suffix.lower() == ".npy":
+                try:
+                    arr = np.load(f, mmap_mode="r", allow_pickle=False)
+                except (ValueError, OSError) as e:
+                    raise FeatureError(f"{f}: not a plain numeric .npy file ({e})") from None
+                if arr.ndim != 2 or arr.shape[0] < 1:
+                    raise FeatureError(
+                        f"{f}: expected a 2-D [snippets >= 1, channels] array, got shape {arr.shape}"
+                    )
+                if arr.shape[1] != feat_dim:
+                    raise FeatureError(
+                        f"{f}: {arr.shape[1]} channels per snippet, the model expects {feat_dim}"
+                    )
+                if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+                    raise FeatureError(f"{f}: expected a real numeric array, got dtype {arr.dtype}")
+            else:
+                arr = load_features(f, expected_dim=feat_dim)
+            streams[f.stem] = arr
+            sources[f.stem] = f
+        except FeatureError as e:
+            errors[str(f)] = str(e)
+    return streams, errors, sources
+
+
+def run_files(
+    model: str | Path,
+    features: str | Path,
+    *,
+    chunk: int = 64,
+    out: str | Path | None = None,
+    plot: str | Path | None = None,
+    backend: str = "auto",
+    device: str = "cpu",
+    provider: str | None = None,
+    batch_size: int = 64,
+    stride: int | None = None,
+    snippet_rate: float | None = None,
+    cfg=None,
+    progress: bool = True,
+) -> tuple[dict, dict[str, str]]:
+    """Stream every feature file through a session; ``(result JSON, {file or stream: error})``."""
+    session = open_session(
+        model, backend=backend, cfg=cfg, device=device, batch_size=batch_size, provider=provider
+    )
+    cfg = session.cfg
+    streams, errors, sources = load_streams(features, cfg.model.feat_dim)
+    # offline files: only full batches run while streaming; close() runs the rest (no latency budget)
+    det = StreamDetector(
+        session, stride=stride, snippet_rate=snippet_rate, max_delay_s=math.inf, preview=False
+    )
+    stream_errors: dict[str, str] = {}
+    results = stream_all(det, streams, chunk, progress=progress, errors=stream_errors)
+    for sid, msg in stream_errors.items():
+        errors[str(sources[sid])] = msg
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(results))
+    if plot is not None:
+        from .plot import plot_stream_timeline
+
+        rate = det.snippet_rate
+        durations = {sid: f.shape[0] / rate for sid, f in streams.items()}
+        plot_stream_timeline(results["results"], plot, class_names=cfg.names(), durations=durations)
+    return results, errors
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from spot_core.cli import add_config_args
+
+    ap = argparse.ArgumentParser(
+        prog="python -m runtime.stream",
+        description="Sliding-window SPOT detection over feature files, through the streaming runtime.",
+    )
+    ap.add_argument(
+        "--model", required=True, help="checkpoint (.safetensors), heads ONNX, or TensorRT engine"
+    )
+    ap.add_argument(
+        "--features", required=True, help=".npy/.csv file [N, C] or a folder of them (one stream each)"
+    )
+    ap.add_argument("--chunk", type=int, default=64, help="snippets per push (default 64)")
+    ap.add_argument("--out", help="ActivityNet result JSON to write")
+    ap.add_argument("--plot", help="timeline PNG to write")
+    ap.add_argument("--backend", default="auto", choices=("auto", *BACKENDS))
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (eager, compile; onnxruntime provider)")
+    ap.add_argument(
+        "--provider",
+        choices=("cpu", "cuda", "tensorrt"),
+        help="onnxruntime provider (default: from --device)",
+    )
+    ap.add_argument("--batch-size", type=int, default=64, help="windows per model call (default 64)")
+    ap.add_argument(
+        "--stride", type=int, help="window stride S in snippets (default: the config's data.stride)"
+    )
+    ap.add_argument("--snippet-rate", type=float, help="snippets per second (default: config, else 1)")
+    ap.add_argument("--no-progress", action="store_true")
+    add_config_args(ap, default_preset=None)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run :func:`run_files`; prints a summary line per stream. Bad input: ``error: ...``, status 2."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        if args.chunk < 1 or args.batch_size < 1:
+            raise ValueError("--chunk and --batch-size must be >= 1")
+        cfg = None
+        if args.config or args.preset:
+            from spot_core.cli import config_from_args
+
+            cfg = config_from_args(args)
+        elif args.overrides:
+            from runtime.session import model_config
+
+            cfg = model_config(args.model).override(args.overrides)
+        results, errors = run_files(
+            args.model,
+            args.features,
+            chunk=args.chunk,
+            out=args.out,
+            plot=args.plot,
+            backend=args.backend,
+            device=args.device,
+            provider=args.provider,
+            batch_size=args.batch_size,
+            stride=args.stride,
+            snippet_rate=args.snippet_rate,
+            cfg=cfg,
+            progress=not args.no_progress,
+        )
+    except (SessionError, ConfigError, FeatureError, ValueError, OSError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    for sid, dets in results["results"].items():
+        best = max((d["score"] for d in dets), default=0.0)
+        print(f"{sid}: {len(dets)} detections (best score {best:.3f})")
+    if args.out:
+        print(f"detections: {args.out}")
+    if args.plot:
+        print(f"timeline: {args.plot}")
+    for where, msg in errors.items():
+        text = " ".join(msg.split())
+        print(f"error: {text if text.startswith(where) else f'{where}: {text}'}", file=sys.stderr)
+    return 2 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
