@@ -14,7 +14,8 @@ out):
 4. batched Soft-NMS: the Triton kernel vs the eager PyTorch reference vs torch.compile of it;
 5. the whole path (features in, detections out) in windows per second, fp32 / tf32 / bf16: model +
    reference decode, the fused path, and the fused path replayed as a CUDA graph; FLOPs and bytes
-   per window and the achieved fraction of the measured ceilings;
+   per window and the achieved fraction of the measured ceilings; the streaming runtime
+   (latency at batch 1, throughput with 1, 64 and 1,024 streams; eager and compiled sessions);
 6. ``export.verify`` on CUDA (with ``--checkpoint`` / ``--data`` / ``--onnx`` when given);
 7. ``compute-sanitizer --tool memcheck`` over the kernels on edge cases.
 
@@ -45,8 +46,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = (
-    "environment", "ceilings", "gpu_tests", "step4", "nms", "whole_path", "achieved", "sanitizer", "verify",
-    "nms_compiled",
+    "environment", "ceilings", "gpu_tests", "step4", "nms", "whole_path", "achieved", "streaming",
+    "sanitizer", "verify", "nms_compiled",
 )  # fmt: skip
 
 
@@ -466,6 +467,16 @@ def achieved(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def streaming(dev: torch.device, dry: bool) -> dict[str, Any]:
+    """The streaming runtime on the device (issue 6): latency at batch 1, throughput with 1, 64 and
+    1,024 concurrent streams, eager and compiled sessions (benchmarks.streaming.stream_benchmark)."""
+    from benchmarks.streaming import stream_benchmark
+
+    streams = (1, 4) if dry else (1, 64, 1024)
+    kw = {"target_windows": 16, "latency_windows": 5} if dry else {}
+    return {b: stream_benchmark(b, dev.type, streams, **kw) for b in ("eager", "compile")}
+
+
 def verify_rows(args: argparse.Namespace, dev: torch.device) -> dict[str, Any]:
     if not args.checkpoint:
         return {"skipped": "no --checkpoint given"}
@@ -585,6 +596,13 @@ def summary_table(d: dict[str, Any]) -> str:
     for prec, row in d.get("achieved", {}).items():
         if isinstance(row, dict):
             lines.append(f"achieved {prec}: {row}")
+    for backend, sb in (d.get("streaming") or {}).items():
+        if isinstance(sb, dict) and "throughput" in sb:
+            lat = sb.get("latency", {})
+            tp = ", ".join(f"{r['streams']} streams {r['windows_per_s']:,.0f} w/s" for r in sb["throughput"])
+            lines.append(f"streaming {backend}: p50 {lat.get('p50_ms', float('nan')):.2f} ms; {tp}")
+        elif isinstance(sb, dict):
+            lines.append(f"streaming {backend}: {sb.get('status')} {str(sb.get('reason', ''))[:80]}")
     s = d.get("sanitizer", {})
     lines.append(f"compute-sanitizer: rc={s.get('returncode', s.get('skipped'))}")
     v = d.get("verify", {})
@@ -649,6 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.section("nms", lambda: nms(dev, dry, batches, rep), need_s=20)
     rep.section("whole_path", lambda: whole_path(dev, dry, batches, rep), need_s=30)
     rep.section("achieved", lambda: achieved(rep.data))
+    rep.section("streaming", lambda: streaming(dev, dry), need_s=60)
     if not dry:
         rep.section(
             "sanitizer", lambda: sanitizer(timeout_s=max(20.0, min(90.0, rep.left() - 60))), need_s=30
