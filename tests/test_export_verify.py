@@ -114,7 +114,7 @@ def test_cli_json_schema(files, tmp_path, capsys):
     assert isinstance(rows, list) and len(rows) == 4
     for r in rows:
         assert set(r) == set(ROW_KEYS)
-        assert isinstance(r["backend"], str) and r["precision"] in ("fp32", "fp16", "bf16")
+        assert isinstance(r["backend"], str) and r["precision"] in ("fp32", "fp16", "bf16", "int8")
         assert r["status"] in ("passed", "failed", "skipped") and isinstance(r["reason"], str)
         for k in ("max_abs", "max_rel", "cosine", "map", "map_delta"):
             assert r[k] is None or isinstance(r[k], float)
@@ -141,6 +141,18 @@ def test_bad_input_exit_2(files, tmp_path, capsys):
     assert main(["--checkpoint", ck, "--onnx", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "K (model.num_classes)" in err
+
+
+def test_edge_cpu_rows(files):
+    """The CPU edge graph (export.quantize.bf16_cpu_model): fp32 layout passes, bf16 is judged."""
+    rows = verify(files["ckpt"], data=files["data"], backends=("edge",), **FAST)
+    assert [(r["backend"], r["precision"]) for r in rows] == [("edge-cpu", "fp32"), ("edge-cpu", "bf16")]
+    fp32, bf16 = rows
+    assert fp32["status"] == "passed" and fp32["max_abs"] < 1e-5 and fp32["detections_equal"] is True
+    assert bf16["status"] in ("passed", "failed") and bf16["cosine"] > 0.999 and bf16["max_abs"] > 0
+    assert bf16["map_delta"] is not None
+    if bf16["status"] == "failed":
+        assert "outside atol 0.001" in bf16["reason"] or "mAP delta" in bf16["reason"]
 
 
 def test_compare_tolerances():
