@@ -77,6 +77,11 @@ class TrainConfig:
     seed: int = 1
     num_workers: int = 0
     grad_clip: float | None = None
+    # None: a fine-tuning epoch is one pass over the labelled windows; N: exactly N labelled batches
+    # (reshuffled passes), so few labels do not mean few optimiser steps
+    steps_per_epoch: int | None = None
+    # "bf16": forward passes and losses under torch.autocast(bfloat16) (weights and optimiser in fp32)
+    autocast: str = "off"
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,8 @@ class SemiConfig:
     split_seed: int = 0  # seed of the labeled_fraction split
     use_unlabeled: bool = True  # False: stage 2 trains on the labelled windows only
     pretrain_epochs: int = 0  # stage 1 epochs (the original: 30)
+    # a fresh optimiser (and LR schedule) for stage 2 instead of stage 1's Adam moments
+    reset_optimizer: bool = True
     refine: bool = True  # contrastive boundary refinement in stage 2
     unlabeled_batch_size: int | None = None  # None: the original's rule from the label fraction
     # stage 1: random-foreground mask loss + reconstruction + clip order (classifier frozen)
@@ -107,12 +114,19 @@ class SemiConfig:
     # stage 2
     cls_threshold: float = 0.7  # pseudo-label: argmax class kept where its probability >= this
     mask_threshold: float = 0.7  # pseudo mask target: prediction >= this
+    # "same": the pseudo-label loss is on the forward its targets come from (the original code);
+    # "corrupted": targets from the clean input, loss on the reconstruction's corrupted input
+    # (augmentation consistency as in FixMatch; docs/deviations.md)
+    pseudo_view: str = "corrupted"
     unlabeled_weight: float = 1.0
     recon_weight: float = 0.1
     recon_drop: float = 0.2
     # "snippet" (the original's dropout2d on [B, T, C] zeroes whole snippets), "channel" or "element"
     recon_drop_mode: str = "snippet"
     refine_weight: float = 1.0
+    # epochs over which the terms built from the model's own predictions (pseudo-label loss and
+    # refinement) ramp up from ~0 to their weight, exp(-5 (1 - e / R)^2) (Laine & Aila 2017); 0: off
+    rampup_epochs: int = 0
     order_weight: float = 1.0
     temperature: float = 0.07
     k_easy: int = 10
@@ -329,6 +343,10 @@ def validate(cfg: SpotConfig) -> None:
         raise ConfigError(f"decode.max_detections must be >= 1, got {dec.max_detections}")
     if tr.epochs < 0 or tr.batch_size < 1:
         raise ConfigError("train.epochs must be >= 0 and train.batch_size >= 1")
+    if tr.steps_per_epoch is not None and tr.steps_per_epoch < 1:
+        raise ConfigError(f"train.steps_per_epoch must be >= 1 or null, got {tr.steps_per_epoch}")
+    if tr.autocast not in ("off", "bf16"):
+        raise ConfigError(f"train.autocast must be 'off' or 'bf16', got {tr.autocast!r}")
     _validate_semi(cfg.semi)
     if cfg.class_names and len(cfg.class_names) != m.num_classes:
         raise ConfigError(
@@ -341,10 +359,14 @@ def _validate_semi(s: SemiConfig) -> None:
         raise ConfigError(f"semi.labeled_fraction must be in (0, 1] or null, got {s.labeled_fraction}")
     if s.labeled_fraction is not None and s.split_file is not None:
         raise ConfigError("semi.labeled_fraction and semi.split_file are exclusive: give one")
+    if s.rampup_epochs < 0:
+        raise ConfigError(f"semi.rampup_epochs must be >= 0, got {s.rampup_epochs}")
     if s.pretrain_epochs < 0:
         raise ConfigError(f"semi.pretrain_epochs must be >= 0, got {s.pretrain_epochs}")
     if s.unlabeled_batch_size is not None and s.unlabeled_batch_size < 1:
         raise ConfigError(f"semi.unlabeled_batch_size must be >= 1 or null, got {s.unlabeled_batch_size}")
+    if s.pseudo_view not in ("same", "corrupted"):
+        raise ConfigError(f"semi.pseudo_view must be 'same' or 'corrupted', got {s.pseudo_view!r}")
     if s.recon_drop_mode not in ("snippet", "channel", "element"):
         raise ConfigError(
             f"semi.recon_drop_mode must be snippet, channel or element, not {s.recon_drop_mode!r}"
@@ -395,4 +417,34 @@ def _toy() -> SpotConfig:
     )
 
 
-_PRESETS = {"anet": _anet, "toy": _toy}
+def _actrectut() -> SpotConfig:
+    """ActRecTut gesture streams (``spot_core.actrectut``): 60-dim snippets at 4 per second,
+    windows of 128 snippets (32 s), 11 classes, THUMOS tIoUs."""
+    return SpotConfig(
+        name="actrectut",
+        model=ModelConfig(
+            feat_dim=60,
+            num_snippets=128,
+            num_classes=11,
+            num_heads=4,
+            head_dim=32,
+            mask_hidden=128,
+            embed_dropout=0.1,
+        ),
+        data=DataConfig(mode="window", stride=32, snippet_rate=4.0, protocol="thumos"),
+        train=TrainConfig(
+            epochs=10,
+            batch_size=16,
+            lr=1e-3,
+            weight_decay=1e-4,
+            lr_step=8,
+            lr_gamma=0.2,
+            seed=0,
+            steps_per_epoch=30,
+        ),
+        semi=SemiConfig(pretrain_epochs=5),
+        decode=DecodeConfig(class_mode="snippet", mask_segment="anchored", nms_class_aware=True),
+    )
+
+
+_PRESETS = {"anet": _anet, "toy": _toy, "actrectut": _actrectut}

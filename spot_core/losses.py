@@ -122,14 +122,18 @@ def unlabeled_loss(
     cfg: LossConfig,
     cls_threshold: float = 0.7,
     mask_threshold: float = 0.7,
+    teacher: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The supervised loss terms against :func:`pseudo_targets`. Returns ``{"loss", "cls", "mask",
     "confident"}`` (scalars; ``confident`` is the fraction of real snippets with a kept class).
 
+    The pseudo-targets come from ``teacher`` (e.g. the predictions on the clean input) when given,
+    else from ``out`` itself; the loss is always on ``out``.
     Snippets below ``cls_threshold`` are **ignored** by the classification term (weight 0, neither
     foreground nor background); when none is kept the term is 0. The mask term uses every real entry.
     """
-    cls_t, keep, mask_t = pseudo_targets(out, valid, cls_threshold, mask_threshold)
+    src = out if teacher is None else teacher
+    cls_t, keep, mask_t = pseudo_targets(src, valid, cls_threshold, mask_threshold)
     cls = focal_cross_entropy(out["logits"], cls_t, keep, cfg.focal_gamma)
     msk = mask_loss(out["mask"], mask_t, valid, cfg)
     n_real = keep.numel() if valid is None else valid.sum().clamp_min(1)

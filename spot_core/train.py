@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from .checkpoint import CheckpointError
 from .cli import add_config_args, config_from_args, setup_logging
 from .config import ConfigError
@@ -38,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="dataset folder (annotations.json + features/)")
     p.add_argument("--out", required=True, help="output folder for checkpoints and logs")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="torch device (default: cpu; under torchrun with GPUs present: cuda:LOCAL_RANK)",
+    )
     g = p.add_argument_group("semi-supervised")
     lab = g.add_mutually_exclusive_group()
     lab.add_argument(
@@ -54,20 +60,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
+    from .distributed import init_from_env
     from .training import train
+
+    dc = init_from_env()  # torchrun: join the process group (gloo on CPU, nccl on GPUs)
+    device = args.device or (f"cuda:{dc.local_rank}" if dc.enabled and torch.cuda.is_available() else "cpu")
 
     try:
         cfg = config_from_args(args)
         cfg = cfg.override(semi_overrides(args))
         res = train(
-            cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress, device=args.device
+            cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress, device=device
         )
     except (ConfigError, CheckpointError, AnnotationError, ValueError, OSError, FloatingPointError) as e:
         # bad input (the message names the file or key) or a diverged loss: one line, no traceback
         msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}"
         print(f"error: {msg}".replace("\n", " "), file=sys.stderr)
         return 2
-    print(f"best val average mAP {res.best_map:.4f} at epoch {res.best_epoch}; checkpoints in {res.out_dir}")
+    finally:
+        if dc.enabled:
+            torch.distributed.destroy_process_group()
+    if dc.is_main:
+        print(
+            f"best val average mAP {res.best_map:.4f} at epoch {res.best_epoch}; checkpoints in {res.out_dir}"
+        )
     return 0
 
 

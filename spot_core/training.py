@@ -46,9 +46,10 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError, load_train_state, save_model, save_train_state
@@ -56,6 +57,8 @@ from .config import SemiConfig, SpotConfig
 from .data.annotations import AnnotationSet, apply_split_file, split_labels
 from .data.datasets import WindowDataset, load_dataset
 from .data.windows import Window
+from .distributed import DDPModel, ddp_model, shard_loader
+from .distributed import context as dist_context
 from .evaluation import PROTOCOLS, evaluate_detection
 from .inference import predict_windows
 from .losses import mask_loss, supervised_loss, unlabeled_loss
@@ -91,6 +94,10 @@ def _resume_config(cfg: SpotConfig) -> dict:
     d = json.loads(json.dumps(cfg.to_dict()))
     if cfg.semi == SemiConfig():
         d.pop("semi", None)
+    if cfg.train.steps_per_epoch is None:  # added later: states written before it still resume
+        d["train"].pop("steps_per_epoch", None)
+    if cfg.train.autocast == "off":  # likewise
+        d["train"].pop("autocast", None)
     for key in RESUME_MAY_CHANGE:
         *path, last = key.split(".")
         node = d
@@ -144,16 +151,20 @@ def train_one_epoch(
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
     for batch in bar:
         x = batch["features"].to(device)
-        out = model.forward_train(x)
-        losses = supervised_loss(
-            out,
-            batch["cls_target"].to(device),
-            batch["mask_target"].to(device),
-            batch["valid_mask"].to(device),
-            cfg.loss,
-        )
+        with _autocast(cfg, device):
+            out = model.forward_train(x)
+            losses = supervised_loss(
+                out,
+                batch["cls_target"].to(device),
+                batch["mask_target"].to(device),
+                batch["valid_mask"].to(device),
+                cfg.loss,
+            )
+        loss = losses["loss"]
+        if isinstance(model, DDPModel):  # DDP needs a gradient for every parameter each step
+            loss = loss + 0.0 * out["clip_order"].sum()
         opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
+        loss.backward()
         if cfg.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         opt.step()
@@ -164,6 +175,11 @@ def train_one_epoch(
         n += 1
         bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
     return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def _autocast(cfg: SpotConfig, device: torch.device) -> Any:
+    """``torch.autocast`` to bf16 when ``train.autocast == "bf16"`` (a no-op context otherwise)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.autocast == "bf16")
 
 
 def _accumulate(sums: dict[str, float], losses: dict[str, torch.Tensor], epoch: int, stage: str) -> None:
@@ -230,7 +246,8 @@ def pretrain_one_epoch(
         bar = tqdm(loader, desc=f"pretrain {epoch}", unit="batch", disable=not progress, leave=False)
         for batch in bar:
             x, valid = batch["features"].to(device), batch["valid_mask"].to(device)
-            losses = pretrain_step(model, x, valid, cfg, gen)
+            with _autocast(cfg, device):
+                losses = pretrain_step(model, x, valid, cfg, gen)
             _step(model, opt, losses["loss"], cfg)
             _accumulate(sums, losses, epoch, "pretrain")
             n += 1
@@ -241,18 +258,30 @@ def pretrain_one_epoch(
     return {k: v / max(n, 1) for k, v in sums.items()}
 
 
+def rampup(epoch: int, rampup_epochs: int) -> float:
+    """Sigmoid-shaped ramp-up ``exp(-5 (1 - e)^2)``, ``e = min(1, (epoch + 1) / rampup_epochs)``
+    (Laine & Aila 2017); 1.0 when ``rampup_epochs`` is 0."""
+    if rampup_epochs <= 0:
+        return 1.0
+    e = min(1.0, (epoch + 1) / rampup_epochs)
+    return math.exp(-5.0 * (1.0 - e) ** 2)
+
+
 def semi_step(
     model: SPOT,
     lab: dict[str, torch.Tensor],
     unl: dict[str, torch.Tensor],
     cfg: SpotConfig,
     gen: torch.Generator,
+    ramp: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Stage-2 losses of a labelled and an unlabelled batch (tensors already on the device).
 
-    total = supervised(lab) + unlabeled_weight * pseudo-label loss(unl)
-            + recon_weight * (recon(lab) + recon(unl)) + refine_weight * (refine(lab) + refine(unl))
+    total = supervised(lab) + ramp * unlabeled_weight * pseudo-label loss(unl)
+            + recon_weight * (recon(lab) + recon(unl)) + ramp * refine_weight * (refine(lab) + refine(unl))
             + order_weight * clip order(lab and unl together)
+
+    ``ramp`` (:func:`rampup`) scales the two terms built from the model's own predictions.
     """
     sc = cfg.semi
     xl, vl, xu, vu = lab["features"], lab["valid_mask"], unl["features"], unl["valid_mask"]
@@ -261,13 +290,24 @@ def semi_step(
     out_l = {k: v[:bl] for k, v in out.items()}
     out_u = {k: v[bl:] for k, v in out.items()}
     sup = supervised_loss(out_l, lab["cls_target"], lab["mask_target"], vl, cfg.loss)
-    uns = unlabeled_loss(out_u, vu, cfg.loss, sc.cls_threshold, sc.mask_threshold)
     x_all = torch.cat([xl, xu], 0)
     emb = model.embed(drop_input(x_all, sc.recon_drop, sc.recon_drop_mode, gen))
+    if sc.pseudo_view == "corrupted":
+        lg_c, mk_c = model.heads(emb[bl:])
+        uns = unlabeled_loss(
+            {"logits": lg_c, "mask": mk_c}, vu, cfg.loss, sc.cls_threshold, sc.mask_threshold, teacher=out_u
+        )
+    else:
+        uns = unlabeled_loss(out_u, vu, cfg.loss, sc.cls_threshold, sc.mask_threshold)
     rec = reconstruction_loss(emb[:bl], xl, vl) + reconstruction_loss(emb[bl:], xu, vu)
     xo, lab_o = swap_halves(x_all, gen)
     order = clip_order_loss(model.clip_order(model.embed(xo)), lab_o)
-    total = sup["loss"] + sc.unlabeled_weight * uns["loss"] + sc.recon_weight * rec + sc.order_weight * order
+    total = (
+        sup["loss"]
+        + ramp * sc.unlabeled_weight * uns["loss"]
+        + sc.recon_weight * rec
+        + sc.order_weight * order
+    )
     losses = {
         "cls": sup["cls"],
         "mask": sup["mask"],
@@ -290,9 +330,22 @@ def semi_step(
         )
         ref = refinement_loss(out_l["logits"], out_l["mask"], out_l["embedding"], vl, **kw)
         ref = ref + refinement_loss(out_u["logits"], out_u["mask"], out_u["embedding"], vu, **kw)
-        total = total + sc.refine_weight * ref
+        total = total + ramp * sc.refine_weight * ref
         losses["refine"] = ref.detach()
     return {"loss": total, **losses}
+
+
+def _labeled_loader(dataset: WindowDataset, cfg: SpotConfig, gen: torch.Generator) -> DataLoader:
+    """One fine-tuning epoch of labelled batches: one shuffled pass (``train.steps_per_epoch`` unset),
+    or exactly ``steps_per_epoch`` full batches drawn from reshuffled passes over the windows (so a
+    small labelled set gets as many optimiser steps per epoch as a large one)."""
+    tr = cfg.train
+    if tr.steps_per_epoch is None:
+        return DataLoader(
+            dataset, batch_size=tr.batch_size, shuffle=True, generator=gen, num_workers=tr.num_workers
+        )
+    sampler = RandomSampler(dataset, num_samples=tr.steps_per_epoch * tr.batch_size, generator=gen)
+    return DataLoader(dataset, batch_size=tr.batch_size, sampler=sampler, num_workers=tr.num_workers)
 
 
 def _forever(loader: DataLoader):
@@ -323,7 +376,8 @@ def train_semi_one_epoch(
     for batch in bar:
         lab = {k: v.to(device) for k, v in batch.items()}
         unl = {k: v.to(device) for k, v in next(unl_iter).items()}
-        losses = semi_step(model, lab, unl, cfg, gen)
+        with _autocast(cfg, device):
+            losses = semi_step(model, lab, unl, cfg, gen, rampup(epoch, cfg.semi.rampup_epochs))
         _step(model, opt, losses["loss"], cfg)
         _accumulate(sums, losses, epoch, "fine-tune")
         n += 1
@@ -388,14 +442,41 @@ def train(
     with the pretext tasks; stage 2 (``cfg.train.epochs``) is the supervised loop, or the
     semi-supervised one when the training set has unlabelled windows (``cfg.semi``).
     """
-    out = Path(out_dir)
     train_set, train_windows = load_dataset(data_dir, cfg, "training", relabel=label_split(cfg))
     val_set, val_windows = load_dataset(data_dir, cfg, "validation")
     if not cfg.class_names:
         cfg = cfg.replace(class_names=tuple(train_set.classes))
+    if not any(w.labeled and w.has_targets for w in train_windows):
+        raise ValueError(f"{data_dir}: no labelled training windows")
+    return train_on_windows(
+        cfg, train_windows, val_set, val_windows, out_dir, resume=resume, progress=progress, device=device
+    )
+
+
+def train_on_windows(
+    cfg: SpotConfig,
+    train_windows: list[Window],
+    val_set: AnnotationSet | None,
+    val_windows: list[Window],
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    device: str = "cpu",
+    validate_every: int = 1,
+) -> TrainResult:
+    """The training loop of :func:`train` on windows built by the caller (e.g. :mod:`spot_core.actrectut`).
+
+    ``train_windows``: labelled windows (``labeled and has_targets``) are trained on, unlabelled ones
+    are used by the semi-supervised stage when ``cfg.semi.use_unlabeled``. Validation on
+    ``val_windows`` against ``val_set`` runs every ``validate_every`` fine-tuning epochs and after the
+    last one (``validate_every=0`` or no validation windows: never; ``best.safetensors`` is then not
+    written and ``best_map`` stays -1). ``cfg.class_names`` must be set by the caller.
+    """
+    out = Path(out_dir)
     labeled = [w for w in train_windows if w.labeled and w.has_targets]
     if not labeled:
-        raise ValueError(f"{data_dir}: no labelled training windows")
+        raise ValueError("no labelled training windows")
     unlabeled = [w for w in train_windows if not w.labeled] if cfg.semi.use_unlabeled else []
     log.info(
         "train windows: %d labelled of %d%s; val windows: %d",
@@ -405,6 +486,8 @@ def train(
         len(val_windows),
     )
 
+    dc = dist_context()
+    main = dc.is_main  # only rank 0 writes files and validates (every rank when single-process)
     torch.manual_seed(cfg.train.seed)
     model = SPOT(cfg.model).to(device)
     opt, sched = make_optimizer(model, cfg)
@@ -413,10 +496,13 @@ def train(
     if resume:
         start_epoch, best_map, best_epoch, history, start_pre = _resume(out, model, opt, sched, cfg)
         log.info("resumed from %s at pretrain epoch %d, epoch %d", out, start_pre, start_epoch)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(out / "config.yaml")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.to_yaml(out / "config.yaml")
 
     def save_state(pre_done: int, epoch_next: int) -> None:
+        if not main:
+            return
         save_train_state(
             state_path,
             {
@@ -437,7 +523,8 @@ def train(
     dataset = WindowDataset(labeled)
     metrics_path = out / "metrics.jsonl"
     # a fresh run starts a new log; a resumed one keeps exactly the epochs in the saved state
-    metrics_path.write_text("".join(json.dumps(row) + "\n" for row in history))
+    if main:
+        metrics_path.write_text("".join(json.dumps(row) + "\n" for row in history))
 
     # ---------------------------------------------------------------- stage 1: pretraining
     if start_pre < cfg.semi.pretrain_epochs:
@@ -453,7 +540,13 @@ def train(
             num_workers=cfg.train.num_workers,
         )
         aug = torch.Generator().manual_seed(_aug_seed(cfg.train.seed, "pretrain", epoch))
-        losses = pretrain_one_epoch(model, loader, opt, cfg, epoch=epoch, gen=aug, progress=progress)
+        for prm in model.classifier.parameters():  # frozen before DDP is built: it syncs the rest
+            prm.requires_grad_(False)
+        runner = ddp_model(model, dc, device)
+        losses = pretrain_one_epoch(
+            runner, shard_loader(loader, dc), opt, cfg, epoch=epoch, gen=aug, progress=progress and main
+        )
+        losses = dc.mean(losses)
         row = {
             "stage": "pretrain",
             "epoch": epoch,
@@ -462,31 +555,30 @@ def train(
             "seconds": round(time.perf_counter() - t0, 2),
         }
         history.append(row)
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        log.info("pretrain epoch %d loss %.4f (%.1fs)", epoch, losses["loss"], row["seconds"])
-        save_model(out / "pretrain.safetensors", model, cfg, pretrain_epoch=epoch)
+        if main:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            log.info("pretrain epoch %d loss %.4f (%.1fs)", epoch, losses["loss"], row["seconds"])
+            save_model(out / "pretrain.safetensors", model, cfg, pretrain_epoch=epoch)
         save_state(epoch + 1, 0)
 
     # ---------------------------------------------------------------- stage 2: (semi-)supervised
+    if cfg.semi.reset_optimizer and cfg.semi.pretrain_epochs > 0 and start_epoch == 0:
+        # stage 2 starts from the pretrained weights with fresh Adam moments (a resume at this
+        # boundary holds stage 1's optimiser and resets it here too, so it replays exactly)
+        opt, sched = make_optimizer(model, cfg)
     unl_dataset = WindowDataset(unlabeled) if unlabeled else None
     bs_u = 0
     if unlabeled:
         bs_u = unlabeled_batch_size(cfg.train.batch_size, len(labeled), len(unlabeled), cfg.semi)
+    runner = ddp_model(model, dc, device) if start_epoch < cfg.train.epochs else model
     for epoch in range(start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
         torch.manual_seed(epoch_seed(cfg.train.seed, epoch))
         gen = torch.Generator().manual_seed(epoch_seed(cfg.train.seed, epoch))
-        loader = DataLoader(
-            dataset,
-            batch_size=cfg.train.batch_size,
-            shuffle=True,
-            generator=gen,
-            num_workers=cfg.train.num_workers,
-            drop_last=False,
-        )
+        loader = shard_loader(_labeled_loader(dataset, cfg, gen), dc)
         if unl_dataset is None:
-            losses = train_one_epoch(model, loader, opt, cfg, epoch=epoch, progress=progress)
+            losses = train_one_epoch(runner, loader, opt, cfg, epoch=epoch, progress=progress and main)
         else:
             aug_seed = _aug_seed(cfg.train.seed, "finetune", epoch)
             unl_loader = DataLoader(
@@ -499,33 +591,40 @@ def train(
             )
             aug = torch.Generator().manual_seed(aug_seed)
             losses = train_semi_one_epoch(
-                model, loader, unl_loader, opt, cfg, epoch=epoch, gen=aug, progress=progress
-            )
+                runner, loader, shard_loader(unl_loader, dc), opt, cfg, epoch=epoch, gen=aug,
+                progress=progress and main,
+            )  # fmt: skip
+        losses = dc.mean(losses)
         sched.step()
-        preds, res = validate(model, val_windows, val_set, cfg)
+        do_val = main and bool(val_windows) and val_set is not None and validate_every > 0
+        do_val = do_val and ((epoch + 1) % validate_every == 0 or epoch + 1 == cfg.train.epochs)
+        preds, res = validate(model, val_windows, val_set, cfg) if do_val else (None, None)
         row = {
             **({"stage": "finetune"} if cfg.semi.pretrain_epochs or unl_dataset is not None else {}),
             "epoch": epoch,
             **{f"loss_{k}": v for k, v in losses.items()},
-            "val_average_mAP": res["average_mAP"],
+            **({"val_average_mAP": res["average_mAP"]} if res is not None else {}),
             "lr": opt.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - t0, 2),
         }
         history.append(row)
-        with metrics_path.open("a") as f:  # before train_state.pt: a resume drops it if need be
-            f.write(json.dumps(row) + "\n")
+        if main:
+            with metrics_path.open("a") as f:  # before train_state.pt: a resume drops it if need be
+                f.write(json.dumps(row) + "\n")
         log.info(
             "epoch %d loss %.4f val mAP %.4f (%.1fs)",
             epoch,
             losses.get("loss", float("nan")),
-            res["average_mAP"],
+            res["average_mAP"] if res is not None else float("nan"),
             row["seconds"],
         )
-        if res["average_mAP"] > best_map:
+        if res is not None and res["average_mAP"] > best_map:
             best_map, best_epoch = res["average_mAP"], epoch
             save_model(out / "best.safetensors", model, cfg, epoch=epoch, val_average_mAP=best_map)
             (out / "val_predictions.json").write_text(json.dumps(preds))
-        save_model(out / "last.safetensors", model, cfg, epoch=epoch, val_average_mAP=res["average_mAP"])
+        last_map = res["average_mAP"] if res is not None else float("nan")
+        if main:
+            save_model(out / "last.safetensors", model, cfg, epoch=epoch, val_average_mAP=last_map)
         save_state(cfg.semi.pretrain_epochs, epoch + 1)
     return TrainResult(out, best_map, best_epoch, [r for r in history if r.get("stage") != "pretrain"])
 

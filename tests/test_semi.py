@@ -423,3 +423,52 @@ def test_resume_inside_pretraining(data_dir, tmp_path, monkeypatch):
         ("pretrain", 1),
         ("finetune", 0),
     ]
+
+
+# ------------------------------------------------------------------- the 10%-label fix (issue 3)
+def test_unlabeled_loss_takes_targets_from_the_teacher():
+    """pseudo_view "corrupted": targets from the clean forward (teacher), loss on the corrupted one."""
+    k1, t = 3, 4
+    teacher = {"logits": torch.full((1, k1, t), -10.0), "mask": torch.full((1, t, t), 0.9)}
+    teacher["logits"][0, 0] = 10.0  # confident class 0 everywhere
+    student = {"logits": torch.zeros(1, k1, t, requires_grad=True), "mask": torch.full((1, t, t), 0.5)}
+    own = unlabeled_loss(student, None, LossConfig())  # flat student: nothing confident, class term 0
+    assert own["cls"].item() == 0.0
+    taught = unlabeled_loss(student, None, LossConfig(), teacher=teacher)
+    assert taught["confident"].item() == 1.0
+    ce = math.log(3.0) * (1 - 1 / 3) ** 2  # focal CE of a uniform prediction against class 0
+    assert taught["cls"].item() == pytest.approx(ce, rel=1e-5)
+    taught["loss"].backward()
+    assert student["logits"].grad[0, 0].lt(0).all()  # pushed toward the teacher's class
+
+
+def test_rampup_and_new_semi_options():
+    assert training_mod.rampup(5, 0) == 1.0
+    assert training_mod.rampup(0, 10) == pytest.approx(math.exp(-5 * 0.9**2))
+    assert training_mod.rampup(9, 10) == 1.0 and training_mod.rampup(50, 10) == 1.0
+    vals = [training_mod.rampup(e, 10) for e in range(10)]
+    assert vals == sorted(vals)
+    assert SemiConfig().pseudo_view == "corrupted"
+    with pytest.raises(ConfigError, match="pseudo_view"):
+        SpotConfig.preset("toy").override(["semi.pseudo_view=teacher"])
+    with pytest.raises(ConfigError, match="steps_per_epoch"):
+        SpotConfig.preset("toy").override(["train.steps_per_epoch=0"])
+
+
+def test_steps_per_epoch_gives_that_many_steps(data_dir, tmp_path, monkeypatch):
+    """With few labelled windows an epoch is still ``steps_per_epoch`` optimiser steps (labelled and
+    unlabelled batch each), in both the supervised and the semi-supervised loops."""
+    calls = {"semi": 0}
+    real = training_mod.semi_step
+
+    def counting(*a, **kw):
+        calls["semi"] += 1
+        return real(*a, **kw)
+
+    monkeypatch.setattr(training_mod, "semi_step", counting)
+    out = tmp_path / "steps"
+    args = semi_args(data_dir, out, 2, "--labeled-fraction", "0.25", pretrain=0)
+    assert train_main([*args, "train.steps_per_epoch=5"]) == 0  # appended to the trailing --set list
+    assert calls["semi"] == 2 * 5
+    cfg = SpotConfig.from_yaml(out / "config.yaml")
+    assert cfg.train.steps_per_epoch == 5
