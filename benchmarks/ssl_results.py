@@ -1,0 +1,309 @@
+"""``python -m benchmarks.ssl_results``: the semi-supervised results table (issue 3, item 6).
+
+Trains and evaluates every (data set, row, direction, seed) and writes ``docs/results.md``:
+mean, std and n of the average mAP (and of mAP@0.3 / @0.5 / @0.7) for
+
+- ``sup100``: supervised, all labels;
+- ``sup10``: supervised on the 10% labelled part only;
+- ``spot10``: SPOT with 10% labels (pretraining + pseudo-labels + refinement);
+- ``spot10_nopretrain`` / ``spot10_norefine``: its ablations;
+
+on ActRecTut (cross-subject, both directions, protocol of :mod:`spot_core.actrectut`) and on the
+embedded synthetic data (``toy`` preset, ActivityNet protocol), with the peer's ActionFormer numbers
+beside ActRecTut. Seeds: the training seed and the label-split seed are both ``seed``.
+
+Each finished run is appended to a JSON-lines cache (``--cache``, default
+``benchmarks/results/ssl_runs.jsonl``); a rerun reuses cached runs of the same settings (``--fresh``
+ignores them), so the table can be built in parts::
+
+    python -m benchmarks.ssl_results                                   # everything, 3 seeds
+    python -m benchmarks.ssl_results --datasets toy --rows sup10 spot10 --seeds 0   # a quick subset
+    python -m benchmarks.ssl_results --render-only                     # table from the cache
+
+Runs use one torch thread (shared 2-core machines). Numbers are of the model after the last epoch
+(no epoch is selected on the test data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CACHE = REPO / "benchmarks" / "results" / "ssl_runs.jsonl"
+DEFAULT_OUT = REPO / "docs" / "results.md"
+ROWS = ("sup100", "sup10", "spot10", "spot10_nopretrain", "spot10_norefine")
+ROW_NAMES = {
+    "sup100": "supervised, 100% labels",
+    "sup10": "supervised, 10% labels only",
+    "spot10": "SPOT, 10% labels",
+    "spot10_nopretrain": "SPOT, 10% labels, no pretraining",
+    "spot10_norefine": "SPOT, 10% labels, no refinement",
+}
+#: issue 3 item 5: ActionFormer on the same features (one seed each), and a per-snippet logistic regression
+PEER = {
+    "sup100": {"1->2": 80.2, "2->1": 91.6},
+    "sup10": {"1->2": 72.1, "2->1": 92.0},
+    "linear": {"1->2": 6.3, "2->1": 11.3},
+}
+# toy rows at 10% labels: as many optimiser steps per epoch as the 100% run (240 videos / batch 16)
+TOY_STEPS = 15
+TOY_PRETRAIN = 10
+log = logging.getLogger("ssl_results")
+
+
+# ------------------------------------------------------------------------------------------ runs
+def run_actrectut(row: str, direction: str, seed: int, data: Path, context: tuple[int, ...]) -> dict:
+    from spot_core.actrectut import run_direction
+
+    return run_direction(data, direction, row, seed, context=context)
+
+
+def run_toy(row: str, seed: int, data_dir: Path) -> dict:
+    from spot_core.config import SpotConfig
+    from spot_core.training import train
+
+    v = _toy_overrides(row, seed)
+    cfg = SpotConfig.preset("toy").override(v)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        res = train(cfg, data_dir, Path(tmp) / "run", progress=False)
+    last = res.history[-1]  # the last epoch's model on the validation videos
+    return {
+        "average_mAP": last["val_average_mAP"],
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "overrides": v,
+    }
+
+
+def _toy_overrides(row: str, seed: int) -> list[str]:
+    sets = [f"train.seed={seed}"]
+    if row == "sup100":
+        return sets
+    sets += ["semi.labeled_fraction=0.1", f"semi.split_seed={seed}", f"train.steps_per_epoch={TOY_STEPS}"]
+    if row == "sup10":
+        return sets + ["semi.use_unlabeled=false"]
+    if row != "spot10_nopretrain":
+        sets.append(f"semi.pretrain_epochs={TOY_PRETRAIN}")
+    if row == "spot10_norefine":
+        sets.append("semi.refine=false")
+    return sets
+
+
+def _key(r: dict) -> tuple:
+    return (r["dataset"], r["row"], r.get("direction", ""), r["seed"], tuple(r.get("context", [])))
+
+
+def _run_config(dataset: str, row: str) -> dict:
+    """The config of a row (seed 0) as a flat ``{"section.key": value}`` dict."""
+    from spot_core.config import SpotConfig
+
+    if dataset == "toy":
+        cfg = SpotConfig.preset("toy").override(_toy_overrides(row, 0))
+    else:
+        from spot_core.actrectut import variant_config
+
+        cfg = variant_config(SpotConfig.preset("actrectut"), row, 0)
+    return _flat(cfg.to_dict())
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def same_settings(stored: dict, current: dict) -> bool:
+    """A cached run counts when every config key it recorded has the current value. Keys added to
+    the config after the run (absent from ``stored``) are assumed to default to the old behaviour."""
+    return all(current.get(k, v) == v for k, v in stored.items()) and all(k in current for k in stored)
+
+
+def load_cache(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------- render
+def _stats(xs: list[float]) -> tuple[float, float, int]:
+    xs = [100 * x for x in xs]
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else float("nan")), len(xs)
+
+
+def _cell(xs: list[float]) -> str:
+    if not xs:
+        return "not run"
+    m, s, n = _stats(xs)
+    return f"{m:.1f} ± {s:.1f} (n={n})" if n > 1 else f"{m:.1f} (n=1)"
+
+
+def render(runs: list[dict], command: str) -> str:
+    """docs/results.md from the cached runs."""
+    lines = [
+        "Generated by `python -m benchmarks.ssl_results` (it rewrites this block; the raw runs are in",
+        "`benchmarks/results/ssl_runs.jsonl`; text outside the table markers is kept). Average mAP in %,",
+        "mean ± sample std over seeds (n = number of seeds; seed = training seed = label-split seed).",
+        "Model of the last epoch, no selection on test data. 2-core shared CPU, one torch thread per run.",
+        "",
+        f"Last rendered by `{command}`, from every cached run made with the current settings.",
+        "",
+    ]
+    ctx_sets = sorted({tuple(r.get("context", [])) for r in runs if r["dataset"] == "actrectut"})
+    for ctx in ctx_sets or [()]:
+        sel = [r for r in runs if r["dataset"] == "actrectut" and tuple(r.get("context", [])) == ctx]
+        title = (
+            "protocol features (60 dims)"
+            if not ctx
+            else f"diagnostic: context-stacked features, offsets {list(ctx)}"
+        )
+        lines += [
+            f"### ActRecTut, cross-subject, {title}",
+            "",
+            "mAP at tIoU 0.3:0.1:0.7, averaged; test stream scored per ~5-minute piece",
+            "(`spot_core/actrectut.py`).",
+            "",
+            "| row | 1 -> 2 | 2 -> 1 | peer ActionFormer 1 -> 2 / 2 -> 1 | s per run (median) |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for row in ROWS:
+            cells = []
+            secs = []
+            for d in ("1->2", "2->1"):
+                rs = [r for r in sel if r["row"] == row and r["direction"] == d]
+                cells.append(_cell([r["average_mAP"] for r in rs]))
+                secs += [r["train_seconds"] for r in rs]
+            peer = PEER.get(row)
+            peer_s = f"{peer['1->2']} / {peer['2->1']}" if peer and not ctx else ""
+            sec = f"{statistics.median(secs):.0f}" if secs else ""
+            lines.append(f"| {ROW_NAMES[row]} | {cells[0]} | {cells[1]} | {peer_s} | {sec} |")
+        if not ctx:
+            lin = PEER["linear"]
+            lines.append(f"| per-snippet logistic regression (peer) | | | {lin['1->2']} / {lin['2->1']} | |")
+        lines.append("")
+    toy = [r for r in runs if r["dataset"] == "toy"]
+    lines += [
+        "### Embedded synthetic data (`toy` preset)",
+        "",
+        "240 training / 60 validation videos (`generate_dataset(seed=0)`), ActivityNet protocol",
+        f"(tIoU 0.5:0.05:0.95). 10% rows: `train.steps_per_epoch={TOY_STEPS}` (the 100% run's steps per",
+        f"epoch), pretraining {TOY_PRETRAIN} epochs where used.",
+        "",
+        "| row | average mAP | s per run (median) |",
+        "| --- | --- | --- |",
+    ]
+    for row in ROWS:
+        rs = [r for r in toy if r["row"] == row]
+        sec = f"{statistics.median([r['train_seconds'] for r in rs]):.0f}" if rs else ""
+        lines.append(f"| {ROW_NAMES[row]} | {_cell([r['average_mAP'] for r in rs])} | {sec} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ssl_results", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--datasets", nargs="+", default=["actrectut", "toy"], choices=["actrectut", "toy"])
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--directions", nargs="+", default=["1->2", "2->1"], choices=["1->2", "2->1"])
+    p.add_argument(
+        "--context",
+        default=None,
+        metavar="R,D",
+        help="ActRecTut diagnostic: stack +-R snippets with dilation D (default: the protocol's features)",
+    )
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "actrectut")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--fresh", action="store_true", help="ignore cached runs (they are still kept)")
+    p.add_argument("--render-only", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    torch.set_num_threads(1)
+    from spot_core.actrectut import context_offsets
+
+    context = context_offsets(*map(int, args.context.split(","))) if args.context else ()
+    cache = load_cache(args.cache)
+    done = {} if args.fresh else {_key(r): r for r in current_runs(cache)}
+    if not args.render_only:
+        args.cache.parent.mkdir(parents=True, exist_ok=True)
+        toy_dir = None
+        tmp = tempfile.TemporaryDirectory()
+        for ds in args.datasets:
+            for seed in args.seeds:
+                for row in args.rows:
+                    for d in args.directions if ds == "actrectut" else [""]:
+                        key_r = {"dataset": ds, "row": row, "direction": d, "seed": seed,
+                                 "context": list(context) if ds == "actrectut" else [],
+                                 "config": _run_config(ds, row)}  # fmt: skip
+                        if _key(key_r) in done:
+                            continue
+                        if ds == "actrectut":
+                            r = run_actrectut(row, d, seed, args.data, context)
+                        else:
+                            if toy_dir is None:
+                                from spot_core.config import SpotConfig
+                                from spot_core.data.synthetic import generate_dataset
+
+                                toy_dir = generate_dataset(
+                                    Path(tmp.name) / "toy", SpotConfig.preset("toy"), seed=0
+                                )
+                            r = run_toy(row, seed, toy_dir)
+                        r = {**r, **key_r}
+                        log.info("%s %s %s seed %d: %.2f (%.0f s)", ds, row, d, seed, 100 * r["average_mAP"],
+                                 r["train_seconds"])  # fmt: skip
+                        with args.cache.open("a") as f:
+                            f.write(json.dumps(r) + "\n")
+                        done[_key(r)] = r
+        tmp.cleanup()
+    runs = current_runs(load_cache(args.cache))
+    command = "python -m benchmarks.ssl_results " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_tables(args.out, render(runs, command.strip()))
+    print(f"wrote {args.out} from {len(runs)} runs")
+    return 0
+
+
+def current_runs(cache: list[dict]) -> list[dict]:
+    """The latest cached run per key, among runs made with the current settings (:func:`same_settings`)."""
+    latest = {_key(r): r for r in cache if "config" in r}
+    memo: dict[tuple[str, str], dict] = {}
+    out = []
+    for r in latest.values():
+        k = (r["dataset"], r["row"])
+        if k not in memo:
+            memo[k] = _run_config(*k)
+        if same_settings(r["config"], memo[k]):
+            out.append(r)
+    return out
+
+
+BEGIN, END = "<!-- tables:begin (python -m benchmarks.ssl_results) -->", "<!-- tables:end -->"
+
+
+def write_tables(path: Path, tables: str) -> None:
+    """Write the tables between the BEGIN/END markers of ``path`` (the prose around them is kept)."""
+    block = f"{BEGIN}\n{tables}\n{END}"
+    if path.is_file() and BEGIN in (text := path.read_text()) and END in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        path.write_text(head + block + tail)
+    else:
+        path.write_text(block + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,443 @@
+"""ActRecTut gesture streams: the cross-subject protocol of issue 3 (item 5).
+
+Data: ``../shared/data/actrectut`` (``gesture.json`` + ``subjectN_gesture_data.npy``, 32 Hz, 15
+channels, 11 gesture classes, one ~35-minute stream per subject). The protocol, fixed so our numbers
+compare with a peer's ActionFormer on the same features:
+
+- **Featuriser** (:func:`featurise`): snippets of 8 raw samples (0.25 s, 4 snippets per second); per
+  snippet and channel mean, std (ddof 0), min and max -> 60 dims, columns grouped by statistic
+  (:func:`spot_core.data.features.snippetize_stream`).
+- **Standardisation** (:func:`fit_standardiser`): per-channel mean/std of the *training subject's*
+  snippets only; the test subject is standardised with those statistics.
+- **Cross-subject**: train on one subject, test on the other, both directions; mAP at tIoU
+  0.3:0.1:0.7 (``thumos`` protocol) and its average.
+- **Label pieces** (:func:`cut_pieces`, :func:`draw_labeled`): the training stream is cut into
+  pieces of about ``piece_sec`` = 60 s, each cut on a snippet boundary lying in background (never
+  inside an instance, nor in a snippet that an instance touches); a seeded random
+  ``round(fraction * pieces)`` (at least 1) of the pieces keep their labels, the rest are unlabelled.
+  Consecutive pieces of the same status are joined into one training "video" (so windows may
+  straddle a cut between two labelled pieces); with all labels the training video is the whole stream.
+- **Test pieces**: the test stream is cut the same way into pieces of about ``test_piece_sec`` =
+  300 s, each scored as one video (the peer's ~5-minute pieces), so ``decode.max_detections`` is a
+  per-5-minutes cap rather than a per-stream one.
+
+Windows are ``"window"`` mode at the native 4 snippets/s; segments are in seconds of each piece
+(the test pieces' ``t0`` in :class:`Split` maps them back to the stream). Training windows may use a
+denser stride (``train_stride``) than inference, which plays the role of random crops.
+
+Entry points: :func:`build_split` (data of one direction), :func:`run_direction` (train + evaluate,
+returns a result dict), :func:`trained_direction` (a trained model, its config and the standardised
+test features for another component, e.g. the streaming runtime).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import SpotConfig
+from .data.annotations import AnnotationSet, Instance, Video, read_actrectut_json
+from .data.features import snippetize_stream
+from .data.windows import FeatureStats, Window, make_windows
+from .evaluation import PROTOCOLS, evaluate_detection
+from .inference import predict_windows
+
+log = logging.getLogger(__name__)
+
+RAW_RATE = 32.0  # sensor samples per second
+SAMPLES_PER_SNIPPET = 8
+SNIPPET_RATE = RAW_RATE / SAMPLES_PER_SNIPPET  # 4 snippets per second
+SUBJECTS = ("subject1_gesture", "subject2_gesture")
+DIRECTIONS = {"1->2": (SUBJECTS[0], SUBJECTS[1]), "2->1": (SUBJECTS[1], SUBJECTS[0])}
+
+
+@dataclass(frozen=True, eq=False)
+class Stream:
+    """One subject's stream: raw (unstandardised) snippet features and its annotations."""
+
+    name: str
+    features: np.ndarray  # [N, 60] float32
+    video: Video
+
+    @property
+    def num_snippets(self) -> int:
+        return int(self.features.shape[0])
+
+
+def featurise(samples: np.ndarray) -> np.ndarray:
+    """Raw stream ``[S, 15]`` -> snippet features ``[S // 8, 60]`` (mean | std | min | max per channel)."""
+    return snippetize_stream(samples, SAMPLES_PER_SNIPPET)
+
+
+def load_streams(root: str | Path) -> tuple[list[str], dict[str, Stream]]:
+    """``(class names, {stream name: Stream})`` from an ActRecTut folder (``gesture.json`` + ``.npy``)."""
+    root = Path(root)
+    aset = read_actrectut_json(root / "gesture.json")
+    streams = {}
+    for vid, v in aset.videos.items():
+        if v.fps is not None and abs(v.fps - RAW_RATE) > 1e-6:
+            raise ValueError(f"{root}: stream {vid} has fps {v.fps}, the protocol expects {RAW_RATE}")
+        samples = np.load(root / (v.feature_file or f"{vid}.npy"), allow_pickle=False)
+        streams[vid] = Stream(vid, featurise(samples), v)
+    return list(aset.classes), streams
+
+
+def stack_context(x: np.ndarray, offsets: tuple[int, ...]) -> np.ndarray:
+    """``[N, C]`` -> ``[N, C * len(offsets)]``: row t holds rows ``t + o`` for each offset (edges
+    repeat the first / last row). A diagnostic front-end, *not* the protocol's featuriser: it gives a
+    per-snippet head the temporal shape that SPOT's single attention block (no positional encoding,
+    1x1 classifier) cannot see; with offset ``o > 0`` a stream needs ``max(offsets)`` snippets of
+    look-ahead."""
+    if not offsets:
+        return x
+    n = x.shape[0]
+    idx = np.clip(np.arange(n)[:, None] + np.asarray(offsets)[None, :], 0, n - 1)  # [N, O]
+    return np.ascontiguousarray(x[idx].reshape(n, -1))
+
+
+def context_offsets(radius: int, dilation: int = 1) -> tuple[int, ...]:
+    """``(-radius..radius) * dilation``; radius 0 means no stacking (the protocol's 60 dims)."""
+    return tuple(range(-radius * dilation, radius * dilation + 1, dilation)) if radius > 0 else ()
+
+
+def fit_standardiser(train: Stream) -> FeatureStats:
+    """Per-channel mean/std of the training subject's snippets (only those)."""
+    return FeatureStats.fit([train.features])
+
+
+def forbidden_cuts(video: Video, num_snippets: int, rate: float = SNIPPET_RATE) -> np.ndarray:
+    """``[N + 1]`` bool: snippet boundary c may not be a cut (an instance covers or touches a snippet
+    on both sides of it: c in ``[floor(start * rate), ceil(end * rate)]``)."""
+    bad = np.zeros(num_snippets + 1, dtype=bool)
+    for inst in video.instances:
+        a = max(int(math.floor(inst.start * rate)), 0)
+        b = min(int(math.ceil(inst.end * rate)), num_snippets)
+        if b >= a:
+            bad[a : b + 1] = True
+    return bad
+
+
+def cut_pieces(
+    video: Video, num_snippets: int, piece_sec: float = 60.0, rate: float = SNIPPET_RATE
+) -> list[tuple[int, int]]:
+    """Cut ``[0, N)`` snippets into pieces of about ``piece_sec``: ``[(a, b), ...]`` covering the stream.
+
+    Each cut is the allowed boundary (:func:`forbidden_cuts`) nearest to ``k * piece_sec``; a piece is
+    at least half a piece long, so the last piece takes the remainder (up to 1.5 pieces).
+    """
+    n = num_snippets
+    step = piece_sec * rate
+    bad = forbidden_cuts(video, n, rate)
+    ok = np.flatnonzero(~bad)
+    cuts = [0]
+    k = 1
+    while k * step < n:
+        target = k * step
+        k += 1
+        lo, hi = cuts[-1] + 0.5 * step, n - 0.5 * step
+        cand = ok[(ok >= lo) & (ok <= hi)]
+        if cand.size == 0:
+            continue
+        c = int(cand[np.argmin(np.abs(cand - target))])
+        if c > cuts[-1]:
+            cuts.append(c)
+    cuts.append(n)
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+def draw_labeled(num_pieces: int, fraction: float, seed: int) -> list[int]:
+    """Indices (sorted) of the pieces that keep their labels: a seeded random ``round(fraction * n)``,
+    at least one."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+    k = min(num_pieces, max(1, round(fraction * num_pieces)))
+    rng = np.random.default_rng(seed)
+    return sorted(int(i) for i in rng.choice(num_pieces, size=k, replace=False))
+
+
+def _sub_video(video: Video, a: int, b: int, name: str, subset: str, labeled: bool, rate: float) -> Video:
+    """Snippets ``[a, b)`` of a stream as a video of its own (instances shifted to its start)."""
+    t0, t1 = a / rate, b / rate
+    inst = [
+        Instance(i.start - t0, i.end - t0, i.label) for i in video.instances if i.start >= t0 and i.end <= t1
+    ]
+    return Video(
+        video_id=name,
+        duration=t1 - t0,
+        subset=subset,
+        instances=inst,
+        labeled=labeled,
+        fps=rate,
+        num_frames=b - a,
+    )
+
+
+def _runs(pieces: list[tuple[int, int]], status: list[bool]) -> list[tuple[int, int, bool]]:
+    """Consecutive pieces of the same status joined: ``[(a, b, status), ...]``."""
+    out: list[tuple[int, int, bool]] = []
+    for (a, b), s in zip(pieces, status, strict=True):
+        if out and out[-1][2] == s and out[-1][1] == a:
+            out[-1] = (out[-1][0], b, s)
+        else:
+            out.append((a, b, s))
+    return out
+
+
+@dataclass
+class Split:
+    """The data of one direction, ready to train and evaluate."""
+
+    cfg: SpotConfig  # with class names and window-mode settings
+    stats: FeatureStats  # training subject's standardiser
+    train_set: AnnotationSet  # training runs (labelled / unlabelled)
+    train_windows: list[Window]
+    test_set: AnnotationSet  # test pieces (one video each)
+    test_windows: list[Window]
+    test_features: dict[str, np.ndarray]  # standardised [N, 60] per test piece
+    test_t0: dict[str, float]  # start of each test piece in the stream, seconds
+    test_stream: np.ndarray | None = None  # the whole standardised test stream [N, C] (for streaming)
+    pieces: list[tuple[int, int]] = field(default_factory=list)  # training pieces (snippets)
+    labeled_pieces: list[int] = field(default_factory=list)
+
+    @property
+    def labeled_seconds(self) -> float:
+        return sum(self.pieces[i][1] - self.pieces[i][0] for i in self.labeled_pieces) / SNIPPET_RATE
+
+
+def build_split(
+    cfg: SpotConfig,
+    classes: list[str],
+    train: Stream,
+    test: Stream,
+    *,
+    labeled_fraction: float | None = None,
+    split_seed: int = 0,
+    piece_sec: float = 60.0,
+    test_piece_sec: float = 300.0,
+    train_stride: int | None = None,
+    context: tuple[int, ...] = (),
+) -> Split:
+    """Windows and annotations of ``train -> test``.
+
+    ``labeled_fraction`` None or 1: the whole training stream is labelled. Otherwise the seeded draw of
+    :func:`draw_labeled` over the ~``piece_sec`` pieces. Training windows use ``train_stride``
+    (default ``cfg.data.stride``); test windows use ``cfg.data.stride``. ``context``: offsets of
+    :func:`stack_context` applied after standardisation, per run / piece (``cfg.model.feat_dim`` must
+    be ``60 * len(context)``); empty: the protocol's 60 dims.
+    """
+    rate = SNIPPET_RATE
+    cfg = cfg.override(["data.mode=window", f"data.snippet_rate={rate}"])
+    if not cfg.class_names:
+        cfg = cfg.replace(class_names=tuple(classes))
+    stats = fit_standardiser(train)
+    pieces = cut_pieces(train.video, train.num_snippets, piece_sec, rate)
+    if labeled_fraction is None or labeled_fraction >= 1.0:
+        lab_idx = list(range(len(pieces)))
+    else:
+        lab_idx = draw_labeled(len(pieces), labeled_fraction, split_seed)
+    status = [i in set(lab_idx) for i in range(len(pieces))]
+    videos, feats = {}, {}
+    for j, (a, b, s) in enumerate(_runs(pieces, status)):
+        name = f"{train.name}/run{j:02d}"
+        subset = "training" if s else "training_unlabel"
+        videos[name] = _sub_video(train.video, a, b, name, subset, s, rate)
+        feats[name] = stack_context(stats.apply(train.features[a:b]), context)
+    train_set = AnnotationSet(videos, list(classes))
+    tr_cfg = cfg if train_stride is None else cfg.override([f"data.stride={train_stride}"])
+    train_windows = make_windows(train_set, feats, tr_cfg, snippet_rate=rate, progress=False)
+
+    t_videos, t_feats, t0 = {}, {}, {}
+    for j, (a, b) in enumerate(cut_pieces(test.video, test.num_snippets, test_piece_sec, rate)):
+        name = f"{test.name}/piece{j:02d}"
+        t_videos[name] = _sub_video(test.video, a, b, name, "validation", True, rate)
+        t_feats[name] = stack_context(stats.apply(test.features[a:b]), context)
+        t0[name] = a / rate
+    test_set = AnnotationSet(t_videos, list(classes))
+    test_windows = make_windows(test_set, t_feats, cfg, snippet_rate=rate, targets=False, progress=False)
+    whole = stack_context(stats.apply(test.features), context)
+    return Split(
+        cfg, stats, train_set, train_windows, test_set, test_windows, t_feats, t0, whole, pieces, lab_idx
+    )
+
+
+def evaluate_split(model, split: Split, cfg: SpotConfig | None = None) -> dict:
+    """mAP of ``model`` on the split's test pieces (``thumos`` tIoUs 0.3:0.1:0.7). Returns the result dict."""
+    cfg = cfg or split.cfg
+    preds = predict_windows(model, split.test_windows, cfg, durations=split.test_set.durations())
+    return evaluate_detection(split.test_set, preds["results"], PROTOCOLS["thumos"], subset=None).to_dict()
+
+
+#: the rows of issue 3 item 6: (labeled fraction, use unlabelled data, pretraining, refinement)
+VARIANTS: dict[str, dict] = {
+    "sup100": {"fraction": None, "semi": False, "pretrain": False, "refine": False},
+    "sup10": {"fraction": 0.1, "semi": False, "pretrain": False, "refine": False},
+    "spot10": {"fraction": 0.1, "semi": True, "pretrain": True, "refine": True},
+    "spot10_nopretrain": {"fraction": 0.1, "semi": True, "pretrain": False, "refine": True},
+    "spot10_norefine": {"fraction": 0.1, "semi": True, "pretrain": True, "refine": False},
+}
+
+
+def variant_config(cfg: SpotConfig, variant: str, seed: int) -> SpotConfig:
+    """``cfg`` with the switches of one :data:`VARIANTS` row and the training seed."""
+    v = VARIANTS[variant]
+    sets = [
+        f"train.seed={seed}",
+        f"semi.use_unlabeled={str(v['semi']).lower()}",
+        f"semi.refine={str(v['refine']).lower()}",
+    ]
+    if not v["pretrain"]:
+        sets.append("semi.pretrain_epochs=0")
+    return cfg.override(sets)
+
+
+def trained_direction(
+    data_dir: str | Path,
+    direction: str = "1->2",
+    *,
+    cfg: SpotConfig | None = None,
+    variant: str = "sup100",
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    progress: bool = False,
+    train_stride: int | None = None,
+    context: tuple[int, ...] = (),
+) -> tuple[torch.nn.Module, SpotConfig, dict[str, np.ndarray], AnnotationSet, Split]:
+    """Train one direction and return ``(model, cfg, test features, test annotations, split)``.
+
+    The test features are the standardised ``[N, 60]`` snippets of each ~5-minute test piece (keys as
+    in the annotations); a streaming runtime can feed them in chunks and compare with the offline
+    :func:`evaluate_split` (``split.test_stream`` is the whole standardised test stream, and
+    ``split.test_t0`` the start of each piece in it, in seconds). ``cfg`` defaults to the
+    ``actrectut`` preset. ``context``: the diagnostic :func:`stack_context` offsets
+    (``model.feat_dim`` is set to match).
+    """
+    import tempfile
+
+    from .training import train_on_windows
+
+    cfg = cfg or SpotConfig.preset("actrectut")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
+    classes, streams = load_streams(data_dir)
+    tr, te = DIRECTIONS[direction]
+    v = VARIANTS[variant]
+    cfg = variant_config(cfg, variant, seed)
+    if context:
+        cfg = cfg.override([f"model.feat_dim={60 * len(context)}"])
+    split = build_split(
+        cfg, classes, streams[tr], streams[te], labeled_fraction=v["fraction"], split_seed=seed,
+        train_stride=train_stride if train_stride is not None else _train_stride(cfg), context=context,
+    )  # fmt: skip
+    windows = split.train_windows
+    if not v["semi"]:
+        windows = [w for w in windows if w.labeled]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(out_dir) if out_dir is not None else Path(tmp)
+        torch.manual_seed(seed)
+        train_on_windows(split.cfg, windows, None, [], out, progress=progress)
+        from .checkpoint import load_model
+
+        model, mcfg = load_model(out / "last.safetensors")
+    return model, mcfg, split.test_features, split.test_set, split
+
+
+def _train_stride(cfg: SpotConfig) -> int:
+    """Default training-window stride: an eighth of the window (denser than inference, like random crops)."""
+    return max(1, cfg.model.num_snippets // 8)
+
+
+def run_direction(
+    data_dir: str | Path,
+    direction: str,
+    variant: str,
+    seed: int,
+    *,
+    cfg: SpotConfig | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = False,
+    train_stride: int | None = None,
+    context: tuple[int, ...] = (),
+) -> dict:
+    """Train and evaluate one (direction, variant, seed). Returns mAPs (fractions), timing and split facts."""
+    t0 = time.perf_counter()
+    model, mcfg, _, _, split = trained_direction(
+        data_dir, direction, cfg=cfg, variant=variant, seed=seed, out_dir=out_dir, progress=progress,
+        train_stride=train_stride, context=context,
+    )  # fmt: skip
+    t_train = time.perf_counter() - t0
+    res = evaluate_split(model, split, mcfg)
+    out = {
+        "direction": direction,
+        "variant": variant,
+        "seed": seed,
+        "context": list(context),
+        "average_mAP": res["average_mAP"],
+        "mAP": res["mAP"],
+        "train_seconds": round(t_train, 1),
+        "eval_seconds": round(time.perf_counter() - t0 - t_train, 1),
+        "labeled_pieces": len(split.labeled_pieces),
+        "pieces": len(split.pieces),
+        "labeled_seconds": split.labeled_seconds,
+        "train_windows_labeled": sum(w.labeled for w in split.train_windows),
+        "train_windows_unlabeled": sum(not w.labeled for w in split.train_windows),
+    }
+    log.info(
+        "%s %s seed %d: average mAP %.4f (%.0f s)", direction, variant, seed, out["average_mAP"], t_train
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m spot_core.actrectut --data DIR [--direction 1->2] [--variant sup100] [--seed 0]``."""
+    import argparse
+
+    from .cli import add_config_args, config_from_args, setup_logging
+
+    p = argparse.ArgumentParser(prog="python -m spot_core.actrectut", description=main.__doc__)
+    add_config_args(p, default_preset="actrectut")
+    p.add_argument("--data", default="../shared/data/actrectut")
+    p.add_argument("--direction", default="1->2", choices=sorted(DIRECTIONS))
+    p.add_argument("--variant", default="sup100", choices=sorted(VARIANTS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-stride", type=int, default=None)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    setup_logging()
+    r = run_direction(
+        args.data, args.direction, args.variant, args.seed, cfg=config_from_args(args), out_dir=args.out,
+        progress=False, train_stride=args.train_stride,
+    )  # fmt: skip
+    print(json.dumps(r))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
+
+
+__all__ = [
+    "DIRECTIONS",
+    "SNIPPET_RATE",
+    "Split",
+    "Stream",
+    "VARIANTS",
+    "build_split",
+    "cut_pieces",
+    "draw_labeled",
+    "evaluate_split",
+    "featurise",
+    "fit_standardiser",
+    "forbidden_cuts",
+    "load_streams",
+    "run_direction",
+    "trained_direction",
+]

@@ -1,0 +1,188 @@
+"""The ActRecTut protocol (spot_core.actrectut): featuriser, standardisation, label pieces, real files.
+
+Synthetic streams check the pieces by hand; the real-data tests read ``../shared/data/actrectut``
+through the ``shared_data`` fixture (skip without it, fail under CI).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spot_core.actrectut import (
+    SNIPPET_RATE,
+    Stream,
+    build_split,
+    context_offsets,
+    cut_pieces,
+    draw_labeled,
+    evaluate_split,
+    featurise,
+    fit_standardiser,
+    forbidden_cuts,
+    load_streams,
+    stack_context,
+)
+from spot_core.config import SpotConfig
+from spot_core.data.annotations import Instance, Video
+
+CLASSES = ["a", "b"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_featuriser_hand_case():
+    # 16 samples x 15 channels: channel c of sample i is i * (c + 1); snippet 1 of channel 0 has a spike
+    x = np.arange(16, dtype=np.float32)[:, None] * np.arange(1, 16, dtype=np.float32)[None, :]
+    x[10, 0] = -5.0
+    f = featurise(x)
+    assert f.shape == (2, 60) and f.dtype == np.float32
+    # snippet 0, channel 2 (factor 3): samples 0, 3, ..., 21
+    v = 3.0 * np.arange(8)
+    assert f[0, 2] == pytest.approx(v.mean())  # mean block: columns 0..14
+    assert f[0, 15 + 2] == pytest.approx(v.std())  # std (ddof 0): columns 15..29
+    assert f[0, 30 + 2] == 0.0 and f[0, 45 + 2] == 21.0  # min 30..44, max 45..59
+    w = np.array([8, 9, -5, 11, 12, 13, 14, 15], dtype=np.float64)  # channel 0 of snippet 1
+    assert f[1, [0, 15, 30, 45]] == pytest.approx([w.mean(), w.std(), -5.0, 15.0], rel=1e-6)
+    assert featurise(x[:15]).shape == (1, 60)  # a trailing partial snippet is dropped
+
+
+def _stream(name: str, n: int, instances: list[tuple[float, float, str]], seed: int, scale: float) -> Stream:
+    rng = np.random.default_rng(seed)
+    feats = (rng.normal(size=(n, 60)) * scale + seed).astype(np.float32)
+    inst = [Instance(s, e, lab) for s, e, lab in instances]
+    return Stream(name, feats, Video(name, n / SNIPPET_RATE, name, inst))
+
+
+def _synthetic_instances(n: int, seed: int) -> list[tuple[float, float, str]]:
+    rng = np.random.default_rng(seed)
+    out, t = [], 3.0
+    while t < n / SNIPPET_RATE - 12:
+        length = float(rng.uniform(1.5, 8.0))
+        out.append((t, t + length, CLASSES[int(rng.integers(2))]))
+        t += length + float(rng.choice([0.25, 0.4, 1.0, 3.0, 20.0]))
+    return out
+
+
+def test_standardisation_uses_the_training_subject_only():
+    n = 1200
+    tr = _stream("s1", n, _synthetic_instances(n, 0), seed=1, scale=2.0)
+    te = _stream("s2", n, _synthetic_instances(n, 1), seed=7, scale=5.0)
+    cfg = SpotConfig.preset("actrectut").override(["model.num_classes=2", "model.num_snippets=32"])
+    sp = build_split(cfg, CLASSES, tr, te, test_piece_sec=100.0)
+    stats = fit_standardiser(tr)
+    assert np.allclose(sp.stats.mean, tr.features.mean(0), atol=1e-4)
+    assert np.allclose(sp.stats.std, tr.features.std(0), atol=1e-4)
+    # the test pieces are standardised with the training subject's statistics, not their own
+    name = next(iter(sp.test_features))
+    a = int(round(sp.test_t0[name] * SNIPPET_RATE))
+    piece = sp.test_features[name]
+    assert np.allclose(piece, stats.apply(te.features[a : a + len(piece)]), atol=1e-5)
+    assert abs(float(np.concatenate(list(sp.test_features.values())).mean())) > 1.0  # test mean is ~7-1
+    other = build_split(cfg, CLASSES, tr, _stream("s3", n, [], seed=3, scale=9.0), test_piece_sec=100.0)
+    assert np.array_equal(other.stats.mean, sp.stats.mean) and np.array_equal(other.stats.std, sp.stats.std)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pieces_never_cut_an_instance(seed):
+    n = 4000
+    s = _stream("s", n, _synthetic_instances(n, seed), seed=seed, scale=1.0)
+    pieces = cut_pieces(s.video, n, 60.0)
+    assert pieces[0][0] == 0 and pieces[-1][1] == n
+    assert all(a < b for a, b in pieces) and all(
+        p[1] == q[0] for p, q in zip(pieces, pieces[1:], strict=False)
+    )
+    lengths = np.array([b - a for a, b in pieces]) / SNIPPET_RATE
+    assert lengths[:-1].min() >= 30.0 and 40 <= np.median(lengths) <= 80
+    for a, _ in pieces[1:]:
+        t = a / SNIPPET_RATE
+        for inst in s.video.instances:
+            # not inside, and not in a snippet the instance touches
+            assert t + 1 / SNIPPET_RATE <= inst.start or t - 1 / SNIPPET_RATE >= inst.end
+    assert not forbidden_cuts(s.video, n)[[a for a, _ in pieces[1:]]].any()
+    # every instance lies in exactly one piece
+    for inst in s.video.instances:
+        assert sum(a <= inst.start * SNIPPET_RATE and inst.end * SNIPPET_RATE <= b for a, b in pieces) == 1
+
+
+def test_labeled_draw_is_seeded_and_about_ten_percent():
+    assert draw_labeled(33, 0.1, 0) == draw_labeled(33, 0.1, 0)
+    draws = {tuple(draw_labeled(37, 0.1, s)) for s in range(10)}
+    assert len(draws) > 5  # the seed matters
+    assert all(len(d) == 4 for d in draws) and len(draw_labeled(33, 0.1, 0)) == 3
+    assert len(draw_labeled(5, 0.1, 0)) == 1  # at least one piece keeps labels
+    assert draw_labeled(10, 1.0, 3) == list(range(10))
+    with pytest.raises(ValueError):
+        draw_labeled(10, 0.0, 0)
+
+
+def test_split_labels_follow_the_draw():
+    n = 4000
+    tr = _stream("s1", n, _synthetic_instances(n, 0), seed=1, scale=1.0)
+    te = _stream("s2", 1200, _synthetic_instances(1200, 1), seed=2, scale=1.0)
+    cfg = SpotConfig.preset("actrectut").override(["model.num_classes=2"])
+    sp = build_split(cfg, CLASSES, tr, te, labeled_fraction=0.1, split_seed=4)
+    assert sp.labeled_pieces == draw_labeled(len(sp.pieces), 0.1, 4)
+    lab_sec = sum(v.duration for v in sp.train_set if v.labeled)
+    assert lab_sec == pytest.approx(sp.labeled_seconds)
+    assert sum(v.duration for v in sp.train_set) == pytest.approx(n / SNIPPET_RATE)
+    n_inst = sum(len(v.instances) for v in sp.train_set)
+    assert n_inst == len(tr.video.instances)  # no instance lost at a cut
+    assert any(not w.labeled for w in sp.train_windows) and any(w.labeled for w in sp.train_windows)
+    assert all(not w.has_targets for w in sp.train_windows if not w.labeled)
+
+
+def test_stack_context():
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    y = stack_context(x, context_offsets(1))
+    assert y.shape == (4, 9)
+    assert np.array_equal(y[0], np.r_[x[0], x[0], x[1]]) and np.array_equal(y[3], np.r_[x[2], x[3], x[3]])
+    assert context_offsets(2, 3) == (-6, -3, 0, 3, 6) and stack_context(x, ()) is x
+
+
+def test_real_files_load_and_split(shared_data):
+    classes, streams = load_streams(shared_data / "actrectut")
+    assert len(classes) == 11 and sorted(streams) == ["subject1_gesture", "subject2_gesture"]
+    s1, s2 = streams["subject1_gesture"], streams["subject2_gesture"]
+    assert s1.features.shape == (62480 // 8, 60) and s2.features.shape == (70778 // 8, 60)
+    assert len(s1.video.instances) == 286 and len(s2.video.instances) == 286
+    for s, n_lab in ((s1, 3), (s2, 4)):  # the peer's draw kept 3 and 4 one-minute pieces
+        pieces = cut_pieces(s.video, s.num_snippets, 60.0)
+        assert 30 <= len(pieces) <= 40
+        cuts = [a for a, _ in pieces[1:]]
+        assert not forbidden_cuts(s.video, s.num_snippets)[cuts].any()
+        assert len(draw_labeled(len(pieces), 0.1, 0)) == n_lab
+    # one direction end to end: 10% labels, a two-step training, a finite mAP on the test pieces
+    from spot_core.training import train_on_windows
+
+    cfg = SpotConfig.preset("actrectut").override(
+        ["train.epochs=1", "train.steps_per_epoch=2", "semi.pretrain_epochs=0", "semi.use_unlabeled=false"]
+    )
+    sp = build_split(cfg, classes, s1, s2, labeled_fraction=0.1, split_seed=0, train_stride=32)
+    assert sum(len(v.instances) for v in sp.test_set) == 286
+    assert sp.test_stream.shape == s2.features.shape  # the whole standardised stream, for streaming
+    for name, piece in sp.test_features.items():
+        a = int(round(sp.test_t0[name] * SNIPPET_RATE))
+        assert np.array_equal(piece, sp.test_stream[a : a + len(piece)])
+    assert sum(len(v.instances) for v in sp.train_set if v.labeled) > 0
+    torch.manual_seed(0)
+    from spot_core.model import SPOT
+
+    lab = [w for w in sp.train_windows if w.labeled]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train_on_windows(sp.cfg, lab, None, [], tmp, progress=False)
+        from spot_core.checkpoint import load_model
+
+        model, mcfg = load_model(f"{tmp}/last.safetensors")
+    assert isinstance(model, SPOT)
+    res = evaluate_split(model, sp, mcfg)
+    assert 0.0 <= res["average_mAP"] <= 1.0 and len(res["mAP"]) == 5
