@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
@@ -485,6 +486,16 @@ def train_on_windows(
         f" ({len(unlabeled)} unlabelled used)" if unlabeled else "",
         len(val_windows),
     )
+    if cfg.semi.use_unlabeled and (cfg.semi.labeled_fraction or cfg.semi.split_file) and not unlabeled:
+        log.warning("semi-supervised split left no unlabelled windows: stage 2 is the supervised loop")
+    seen = {int(c) for w in labeled for c in np.unique(w.cls_target)}
+    missing = [cfg.class_name(k) for k in range(cfg.model.num_classes) if k not in seen]
+    if missing:
+        log.warning(
+            "%d of %d classes have no labelled training snippet (%s%s): the model is never taught them "
+            "(pseudo-labels can still name them)",
+            len(missing), cfg.model.num_classes, ", ".join(missing[:5]), ", ..." if len(missing) > 5 else "",
+        )  # fmt: skip
 
     dc = dist_context()
     main = dc.is_main  # only rank 0 writes files and validates (every rank when single-process)

@@ -472,3 +472,23 @@ def test_steps_per_epoch_gives_that_many_steps(data_dir, tmp_path, monkeypatch):
     assert calls["semi"] == 2 * 5
     cfg = SpotConfig.from_yaml(out / "config.yaml")
     assert cfg.train.steps_per_epoch == 5
+
+
+# ----------------------------------------------------------------- bad input (issue 3)
+def test_label_split_edge_cases_are_clear(data_dir, tmp_path, caplog):
+    """fraction 0 is refused; fraction 1 leaves no unlabelled set (stage 2 = supervised loop, said
+    in the log); classes without a labelled snippet are named in a warning."""
+    with pytest.raises(ConfigError, match=r"labeled_fraction must be in \(0, 1\]"):
+        SpotConfig.preset("toy").override(["semi.labeled_fraction=0"])
+    out = tmp_path / "all"
+    with caplog.at_level("WARNING", logger="spot_core.training"):
+        assert train_main(semi_args(data_dir, out, 1, "--labeled-fraction", "1.0", pretrain=0)) == 0
+    assert "left no unlabelled windows" in caplog.text
+    assert all("u_loss" not in r for r in metrics(out))  # the supervised loop ran
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="spot_core.training"):
+        assert (
+            train_main(semi_args(data_dir, tmp_path / "few", 1, "--labeled-fraction", "0.05", pretrain=0))
+            == 0
+        )
+    assert "have no labelled training snippet" in caplog.text
