@@ -8,7 +8,11 @@ Reads every JSON report in the results folder that it knows:
   pipeline, ours end to end and the forward alone, per batch size, in windows (videos) per second;
 * GPU check reports (``python -m benchmarks.gpu_check``: JSON with a ``whole_path`` section): the
   whole path per precision, batch size and variant (model + reference decode, fused, fused as a
-  CUDA graph), in windows per second.
+  CUDA graph), in windows per second;
+* CPU edge runs (``python -m benchmarks.edge``): end to end per precision (fp32, bf16, int8),
+  backend, batch size and thread count;
+* streaming runs (``python -m benchmarks.streaming``): windows per second per backend and number of
+  concurrent streams.
 
 One row per (device, backend, precision, batch); the table is printed (or written with ``--md``)
 and the chart (``--png``) puts CPU and GPU side by side on a log scale, each bar labelled with its
@@ -76,6 +80,48 @@ def _gpu_rows(name: str, rep: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+_EDGE_PATHS = {  # benchmarks.edge end-to-end keys -> backend label
+    "end_to_end_eager_fp32": ("end to end, eager", "fp32"),
+    "end_to_end_eager_bf16": ("end to end, eager (model cast)", "bf16"),
+    "end_to_end_edge_bf16": ("end to end, bf16 edge model", "bf16"),
+    "end_to_end_ort_fp32": ("end to end, onnxruntime", "fp32"),
+    "end_to_end_ort_int8": ("end to end, onnxruntime", "int8"),
+}
+
+
+def _edge_rows(name: str, rep: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for threads, run in rep.get("by_threads", {}).items():
+        dev = run.get("device", {})
+        device = f"CPU {dev.get('cpu_model', '?')}, {threads} thread(s)"
+        for key, r in run.get("results", {}).items():
+            base, _, b = key.rpartition("_b")
+            if base in _EDGE_PATHS and b.isdigit() and "videos_per_s" in r:
+                backend, prec = _EDGE_PATHS[base]
+                rows.append(
+                    {"device": device, "backend": backend, "precision": prec, "batch": int(b),
+                     "windows_per_s": float(r["videos_per_s"]), "source": name, "note": Path(name).stem}
+                )  # fmt: skip
+    return rows
+
+
+def _streaming_rows(name: str, rep: dict[str, Any]) -> list[dict[str, Any]]:
+    m = rep.get("machine", {})
+    rows = []
+    for r in rep.get("reports", []):
+        if r.get("device", "cpu") == "cpu":
+            device = f"CPU {m.get('cpu_model', '?')}, {m.get('torch_threads', '?')} thread(s)"
+        else:
+            device = f"GPU {r.get('device')}"
+        for t in r.get("throughput", []):
+            rows.append(
+                {"device": device, "backend": f"streaming runtime, {r.get('backend')}", "precision": "fp32",
+                 "batch": int(t["batch_size"]), "windows_per_s": float(t["windows_per_s"]), "source": name,
+                 "note": f"{t['streams']} streams"}
+            )  # fmt: skip
+    return rows
+
+
 def collect_rows(results: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """``(rows, not_rendered)`` from every JSON report in ``results``."""
     if not results.is_dir():
@@ -94,6 +140,10 @@ def collect_rows(results: Path) -> tuple[list[dict[str, Any]], list[str]]:
             rows += _gpu_rows(path.name, rep)
         elif isinstance(rep.get("results"), dict) and "original_pipeline" in rep["results"]:
             rows += _cpu_rows(path.name, rep)
+        elif isinstance(rep.get("by_threads"), dict):
+            rows += _edge_rows(path.name, rep)
+        elif isinstance(rep.get("reports"), list):
+            rows += _streaming_rows(path.name, rep)
         else:
             skipped.append(f"{path.name} (no throughput section this renderer knows)")
     return rows, skipped

@@ -33,6 +33,29 @@ def _write(folder: Path) -> None:
     }
     (folder / "cpu_x.json").write_text(json.dumps(cpu))
     (folder / "gpu_x.json").write_text(json.dumps(gpu))
+    edge = {
+        "by_threads": {
+            "1": {
+                "device": {"cpu_model": "Test CPU"},
+                "results": {
+                    "end_to_end_ort_int8_b64": {"videos_per_s": 119.7},
+                    "forward_ort_int8_b64": {"videos_per_s": 185.6},
+                },
+            }
+        }
+    }
+    stream = {
+        "machine": {"cpu_model": "Test CPU", "torch_threads": 1},
+        "reports": [
+            {
+                "backend": "eager",
+                "device": "cpu",
+                "throughput": [{"streams": 64, "batch_size": 64, "windows_per_s": 42.2}],
+            }
+        ],
+    }
+    (folder / "edge.json").write_text(json.dumps(edge))
+    (folder / "stream.json").write_text(json.dumps(stream))
     (folder / "other.json").write_text(json.dumps({"something": 1}))
     (folder / "broken.json").write_text("{")
 
@@ -46,6 +69,13 @@ def test_rows_table_and_chart(tmp_path: Path) -> None:
         ("CPU Test CPU, 1 thread(s)", "ours end to end, eager", "fp32", 64): 133.0,
         ("GPU Test GPU", "model + reference decode", "bf16", 1024): 26181.0,
         ("GPU Test GPU", "fused path", "bf16", 1024): 128189.0,
+        (
+            "CPU Test CPU, 1 thread(s)",
+            "end to end, onnxruntime",
+            "int8",
+            64,
+        ): 119.7,  # forward-only rows skipped
+        ("CPU Test CPU, 1 thread(s)", "streaming runtime, eager", "fp32", 64): 42.2,
     }  # the failed CUDA-graph entry and the parity block are not throughput rows
     assert len(skipped) == 2 and any("broken.json" in s for s in skipped)
     md = format_markdown(rows, skipped)
