@@ -40,7 +40,6 @@ rows of ``python -m export.verify``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -56,6 +55,7 @@ from torch import Tensor, nn
 
 from export.graph import check_model_matches
 from export.onnx import FORMAT, OnnxModelError, load_onnx, read_onnx_metadata, save_proto
+from spot_core.checkpoint import sha256_file
 from spot_core.config import ConfigError, SpotConfig
 from spot_core.model import SPOT
 
@@ -218,7 +218,7 @@ def quantize_onnx(
             )
             info.update(op_types=list(DYNAMIC_OPS), per_channel=per_channel, activations="uint8 (per call)")
         proto = load_onnx(out)
-    _attach_metadata(proto, meta_props(src_proto), info, _sha256(src))
+    _attach_metadata(proto, meta_props(src_proto), info, sha256_file(src))
     _check_dynamic_batch(proto, dst)
     save_proto(proto, dst)
     log.info("wrote %s (int8, %s)", dst, info["mode"])
@@ -248,10 +248,6 @@ def _check_dynamic_batch(proto: Any, path: Path) -> None:
         dim0 = vi.type.tensor_type.shape.dim[0]
         if dim0.HasField("dim_value"):
             raise QuantizeError(f"{path}: {vi.name}: batch dimension was baked in as {dim0.dim_value}")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------- bf16 CPU

@@ -27,9 +27,7 @@ import hashlib
 import importlib
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -38,6 +36,7 @@ from typing import Any
 
 from export.graph import INPUT_NAME
 from export.onnx import OnnxModelError, load_onnx, read_onnx_metadata
+from spot_core.checkpoint import sha256_file, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +99,6 @@ def load_backend(name: str | None = None) -> Backend:
         except (ImportError, OSError) as e:  # not installed, or its shared libraries fail to load
             errors.append(f"{candidate}: {e}")
     raise TrtUnavailableError(f"no TensorRT Python module available ({'; '.join(errors)}); {INSTALL_HINT}")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def onnx_io(proto: Any) -> dict[str, list[dict[str, Any]]]:
@@ -203,20 +194,6 @@ def network_io(network: Any) -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def write_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def sidecar_path(engine: str | Path) -> Path:
     """``model.plan`` -> ``model.plan.json``."""
     engine = Path(engine)
@@ -307,9 +284,9 @@ def build_engine(
     data = bytes(memoryview(plan))
     build_s = time.perf_counter() - t0
     if timing_cache is not None:
-        write_atomic(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+        write_bytes_atomic(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
 
-    write_atomic(out, data)
+    write_bytes_atomic(out, data)
     side = engine_sidecar(
         meta,
         onnx_path=onnx_path,
@@ -323,7 +300,7 @@ def build_engine(
         engine_bytes=data,
         build_s=build_s,
     )
-    write_atomic(sidecar_path(out), (json.dumps(side, indent=2) + "\n").encode())
+    write_bytes_atomic(sidecar_path(out), (json.dumps(side, indent=2) + "\n").encode())
     log.info("built %s with %s %s (%s) in %.1f s", out, be.name, be.version, precision, build_s)
     return out
 

@@ -159,27 +159,6 @@ def _soft_nms_triton(
     return oseg, oscore, olab, ovalid.bool(), oidx
 
 
-def _check(segments: Tensor, scores: Tensor, labels: Tensor, valid: Tensor, sigma: float, D: int) -> None:
-    if segments.dim() != 3 or segments.shape[-1] != 2:
-        raise ValueError(f"soft_nms: segments must be [B, N, 2], got {tuple(segments.shape)}")
-    B, N = segments.shape[:2]
-    for name, x in (("scores", scores), ("labels", labels), ("valid", valid)):
-        if tuple(x.shape) != (B, N):
-            raise ValueError(f"soft_nms: {name} must be [B, N] = {(B, N)}, got {tuple(x.shape)}")
-        if x.device != segments.device:
-            raise ValueError(f"soft_nms: {name} is on {x.device} but segments are on {segments.device}")
-    if not segments.is_floating_point() or not scores.is_floating_point():
-        raise ValueError(
-            f"soft_nms: segments and scores must be floating point, got {segments.dtype}, {scores.dtype}"
-        )
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise ValueError(f"soft_nms: labels must be an integer tensor, got {labels.dtype}")
-    if not (sigma > 0):
-        raise ValueError(f"soft_nms: sigma must be > 0, got {sigma}")
-    if D < 0:
-        raise ValueError(f"soft_nms: max_detections must be >= 0, got {D}")
-
-
 @torch.no_grad()
 def soft_nms(
     segments: Tensor,
@@ -202,7 +181,7 @@ def soft_nms(
     Returns:
         ``(segments [B, D, 2] float32, scores [B, D], labels [B, D] int64, valid [B, D], index [B, D])``.
     """
-    _check(segments, scores, labels, valid, sigma, max_detections)
+    _ref.check_inputs(segments, scores, labels, valid, sigma, max_detections)
     N = segments.shape[1]
     fits = N <= MAX_N and segments.dtype != torch.float64
     if backend == "reference":

@@ -10,7 +10,8 @@ How it works:
   number of processes, so a rerun with another N reuses every finished shard;
 * each shard is detected on its own (windows batched within the shard, then
   :func:`spot_core.inference.predict_windows`) and written atomically to
-  ``OUT/shards/shard_XXXXX.json`` (temporary file, fsync, rename): a killed process leaves either a
+  ``OUT/shards/shard_XXXXX.json`` (:func:`spot_core.checkpoint.write_bytes_atomic`: temporary file,
+  fsync, rename): a killed process leaves either a
   complete shard file or none;
 * every shard file carries a run key (sha256 of the checkpoint, the feature file list and the
   settings that change results) and a sha256 of its own results. A rerun skips shards whose file
@@ -45,7 +46,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from spot_core.checkpoint import CheckpointError, load_model
+from spot_core.checkpoint import CheckpointError, load_model, sha256_file, write_bytes_atomic
 from spot_core.config import SpotConfig
 from spot_core.data.annotations import AnnotationSet, Video
 from spot_core.data.features import FEATURE_EXTS, FeatureError, FeatureStore
@@ -81,25 +82,8 @@ def plan_shards(video_ids: Sequence[str], shard_size: int) -> list[Shard]:
     return [Shard(i // shard_size, tuple(ids[i : i + shard_size])) for i in range(0, len(ids), shard_size)]
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_shard(path: Path, key: str, shard: Shard) -> dict[str, list[dict[str, Any]]]:
@@ -161,7 +145,7 @@ def _annotations(
 
 def _run_key(model_path: Path, store: FeatureStore, cfg: SpotConfig, shard_size: int, batch_size: int) -> str:
     h = hashlib.sha256()
-    h.update(_sha256_file(model_path).encode())
+    h.update(sha256_file(model_path).encode())
     h.update(cfg.config_hash().encode())
     for v in store:
         p = store.path(v)
@@ -250,7 +234,7 @@ def detect_corpus(
             "sha256": hashlib.sha256(_canonical(results)).hexdigest(),
             "results": results,
         }
-        _write_atomic(path, _canonical(doc))
+        write_bytes_atomic(path, _canonical(doc))
         done += 1
     log.info("rank %d: %d shards detected, %d already done", rank, done, skipped)
     if world > 1:
@@ -275,7 +259,7 @@ def merge_shards(shards: Sequence[Shard], shard_dir: Path, key: str, dest: Path)
     if sorted(merged) != sorted(expected):
         raise BatchError("merged results do not cover the corpus exactly once")
     doc = {"version": RESULTS_VERSION, "results": {v: merged[v] for v in sorted(merged)}, "external_data": {}}
-    _write_atomic(dest, json.dumps(doc).encode())
+    write_bytes_atomic(dest, json.dumps(doc).encode())
     return dest
 
 

@@ -67,6 +67,22 @@ def save_model(path: str | Path, model: SPOT, cfg: SpotConfig, **facts: Any) -> 
     return path
 
 
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder (fsync, rename)."""
+    path = Path(path)
+    _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+    return path
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
     """sha256 over the tensors in name order: name, dtype, shape and raw bytes of each."""
     h = hashlib.sha256()

@@ -40,7 +40,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["iou_1d", "soft_nms", "soft_nms_reference"]
+__all__ = ["check_inputs", "iou_1d", "soft_nms", "soft_nms_reference"]
 
 # soft_nms precomputes the [B, N, N] decay table up to this many entries (4 MiB of float32; above
 # it the table costs more than the per-pick IoU it saves, measured on CPU)
@@ -57,6 +57,30 @@ def iou_1d(a: Tensor, b: Tensor) -> Tensor:
     inter = (torch.minimum(a_e, b_e) - torch.maximum(a_s, b_s)).clamp(min=0)
     union = (a_e - a_s).clamp(min=0) + (b_e - b_s).clamp(min=0) - inter
     return torch.where(union > 0, inter / torch.where(union > 0, union, torch.ones_like(union)), 0.0)
+
+
+def check_inputs(
+    segments: Tensor, scores: Tensor, labels: Tensor, valid: Tensor, sigma: float, D: int
+) -> None:
+    """Shapes, dtypes, devices and settings of a Soft-NMS call (shared with :mod:`kernels.soft_nms`)."""
+    if segments.dim() != 3 or segments.shape[-1] != 2:
+        raise ValueError(f"soft_nms: segments must be [B, N, 2], got {tuple(segments.shape)}")
+    B, N = segments.shape[:2]
+    for name, x in (("scores", scores), ("labels", labels), ("valid", valid)):
+        if tuple(x.shape) != (B, N):
+            raise ValueError(f"soft_nms: {name} must be [B, N] = {(B, N)}, got {tuple(x.shape)}")
+        if x.device != segments.device:
+            raise ValueError(f"soft_nms: {name} is on {x.device} but segments are on {segments.device}")
+    if not segments.is_floating_point() or not scores.is_floating_point():
+        raise ValueError(
+            f"soft_nms: segments and scores must be floating point, got {segments.dtype}, {scores.dtype}"
+        )
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"soft_nms: labels must be an integer tensor, got {labels.dtype}")
+    if not (sigma > 0):
+        raise ValueError(f"soft_nms: sigma must be > 0, got {sigma}")
+    if D < 0:
+        raise ValueError(f"soft_nms: max_detections must be >= 0, got {D}")
 
 
 @torch.no_grad()
@@ -86,17 +110,8 @@ def soft_nms(
         picks in order (scores descending), ``index`` into N (-1 for padding rows). Segments keep
         the input dtype when it is float64 and are float32 otherwise; scores are float32.
     """
-    if segments.dim() != 3 or segments.shape[-1] != 2:
-        raise ValueError(f"soft_nms: segments must be [B, N, 2], got {tuple(segments.shape)}")
+    check_inputs(segments, scores, labels, valid, sigma, max_detections)
     B, N = segments.shape[:2]
-    for name, x in (("scores", scores), ("labels", labels), ("valid", valid)):
-        if tuple(x.shape) != (B, N):
-            raise ValueError(f"soft_nms: {name} must be [B, N] = {(B, N)}, got {tuple(x.shape)}")
-    if sigma <= 0:
-        raise ValueError(f"soft_nms: sigma must be > 0, got {sigma}")
-    if max_detections < 0:
-        raise ValueError(f"soft_nms: max_detections must be >= 0, got {max_detections}")
-
     dev = segments.device
     D = max_detections
     seg_dtype = torch.promote_types(segments.dtype, torch.float32)
