@@ -84,6 +84,7 @@ from torch import Tensor
 
 from spot_core.config import DecodeConfig
 from spot_core.nms import soft_nms
+from spot_core.nms import tracing as _tracing
 
 __all__ = [
     "Detections",
@@ -128,17 +129,6 @@ def num_proposals(cfg: DecodeConfig, T: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def _tracing() -> bool:
-    """True under torch.compile / torch.export / jit tracing, where data-dependent checks are skipped."""
-    if torch.jit.is_tracing():
-        return True
-    compiler = getattr(torch, "compiler", None)
-    if compiler is None:
-        return False
-    is_exporting = getattr(compiler, "is_exporting", None)
-    return bool(compiler.is_compiling() or (is_exporting is not None and is_exporting()))
-
-
 def _check_inputs(
     logits: Tensor,
     mask: Tensor,
@@ -176,7 +166,10 @@ def _check_inputs(
     no = logits.new_zeros((), dtype=torch.bool)
     bad_class = no if video_class is None else ((video_class < 0) | (video_class >= K)).any()
     bad_len = no if valid_len is None else ((valid_len < 0) | (valid_len > T)).any()
-    bad = torch.stack([torch.isnan(logits).any(), torch.isnan(mask).any(), bad_class, bad_len]).tolist()
+    # A NaN makes the sum NaN (so does +inf with -inf: then the exact test decides); one pass each
+    sums_nan = torch.stack([logits.sum().isnan(), mask.sum().isnan(), bad_class, bad_len]).tolist()
+    bad = [sums_nan[0] and bool(torch.isnan(logits).any()), sums_nan[1] and bool(torch.isnan(mask).any())]
+    bad += sums_nan[2:]
     if bad[0]:
         raise ValueError("decode: logits contain NaN")
     if bad[1]:
@@ -317,16 +310,17 @@ def class_proposals(
         chas, cfirst, clast = _first_last(con)  # [B, nc] each
         c_ok = (chas & (clast - cfirst > 1))[:, None, :].expand(B, k, nc)
         in_span = (pos >= cfirst[..., None]) & (pos <= clast[..., None])  # in_span: [B, nc, T]
-        s_span = torch.where(in_span, s[:, None, :], neg_inf)[:, None].expand(B, k, nc, T)
+        s_span = torch.where(in_span, s[:, None, :], neg_inf)[:, None]  # s_span: [B, 1, nc, T]
         row_max = torch.where(in_span[:, None], rows[:, :, None, :], neg_inf).amax(dim=-1)  # [B, k, nc]
         cfirst, clast = cfirst[:, None].expand(B, k, nc), clast[:, None].expand(B, k, nc)
-    span_score = s_span.amax(dim=-1)  # [B, k, nc]
+    span_score = s_span.amax(dim=-1).expand(B, k, nc)  # [B, k, nc]
     cc_ok = c_ok & top_ok[:, :, None]  # [B, k, nc]
     cc_score = torch.where(cc_ok, span_score * row_max, 0.0)
     if cfg.class_mode == "window":
         c_label = wc[:, None, None].expand(B, k, nc)
     else:
-        c_label = c.gather(1, s_span.argmax(dim=-1).reshape(B, k * nc)).reshape(B, k, nc)
+        best = s_span.argmax(dim=-1).expand(B, k, nc)  # [B, k, nc]: the span's best snippet
+        c_label = c.gather(1, best.reshape(B, k * nc)).reshape(B, k, nc)
     c_seg = torch.stack([cfirst, clast + 1], dim=-1).float()  # c_seg: [B, k, nc, 2]
     return c_seg, cc_score, c_label, cc_ok
 
@@ -371,8 +365,7 @@ def decode_windows(
 
     # 1. per-snippet foreground score and class
     p = torch.softmax(logits.float(), dim=1)  # p: [B, K+1, T]
-    s = p[:, :K].amax(dim=1)  # s: [B, T]
-    c = p[:, :K].argmax(dim=1)  # c: [B, T]
+    s, c = p[:, :K].max(dim=1)  # s, c: [B, T] (ties: the first maximum, the lowest class)
 
     # 2. window class
     if video_class is not None and video_score is not None:
@@ -643,9 +636,24 @@ def merge_windows(
     p_lab[row, slot] = labels.long()
     p_val[row, slot] = valid.bool()
 
-    n_seg, n_sc, n_lab, n_val, _ = soft_nms(
-        p_seg, p_sc, p_lab, p_val, sigma=cfg.nms_sigma, max_detections=D, class_aware=cfg.nms_class_aware
-    )
+    # Soft-NMS only the videos with several windows (single-window ones pass through below)
+    multi = (counts > 1).nonzero().squeeze(1)  # multi: [V_multi]
+    n_seg = torch.zeros(V, D, 2, dtype=seg_dtype, device=dev)
+    n_sc = torch.zeros(V, D, dtype=torch.float32, device=dev)
+    n_lab = torch.zeros(V, D, dtype=torch.long, device=dev)
+    n_val = torch.zeros(V, D, dtype=torch.bool, device=dev)
+    if multi.numel():
+        picked = soft_nms(
+            p_seg[multi],
+            p_sc[multi],
+            p_lab[multi],
+            p_val[multi],
+            sigma=cfg.nms_sigma,
+            max_detections=D,
+            class_aware=cfg.nms_class_aware,
+        )
+        for out, res in zip((n_seg, n_sc, n_lab, n_val), picked[:4], strict=True):
+            out[multi] = res
 
     # single-window videos: pass through (sorted, cut/padded to D)
     key = torch.where(p_val[:, :M], p_sc[:, :M], float("-inf"))

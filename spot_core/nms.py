@@ -28,7 +28,8 @@ paper's intent incorrectly:
 * it was class-agnostic only; ``class_aware=True`` decays only same-label candidates.
 
 :func:`soft_nms` is the batched, vectorised PyTorch implementation (fixed-size outputs, a Python
-loop only over the ``min(max_detections, N)`` picks, vectorised over the batch) and the reference
+loop only over the ``min(max_detections, N)`` picks, vectorised over the batch, stopping early on
+the CPU once no row has a candidate left) and the reference
 for the Triton kernel; :func:`soft_nms_reference` is the readable one-problem-at-a-time spec in plain
 Python used by the tests.
 """
@@ -40,11 +41,22 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["check_inputs", "iou_1d", "soft_nms", "soft_nms_reference"]
+__all__ = ["check_inputs", "iou_1d", "soft_nms", "soft_nms_reference", "tracing"]
 
 # soft_nms precomputes the [B, N, N] decay table up to this many entries (4 MiB of float32; above
 # it the table costs more than the per-pick IoU it saves, measured on CPU)
 _PRECOMPUTE_LIMIT = 1 << 20
+
+
+def tracing() -> bool:
+    """True under torch.compile / torch.export / jit tracing, where data-dependent host reads are skipped."""
+    if torch.jit.is_tracing():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    if compiler is None:
+        return False
+    is_exporting = getattr(compiler, "is_exporting", None)
+    return bool(compiler.is_compiling() or (is_exporting is not None and is_exporting()))
 
 
 def iou_1d(a: Tensor, b: Tensor) -> Tensor:
@@ -134,8 +146,14 @@ def soft_nms(
             iou_1d(seg[:, :, None, :], seg[:, None, :, :]).float(), labels[:, :, None] == labels[:, None, :]
         )  # decay_all: [B, N, N], row i = decay caused by picking i
 
+    steps = min(D, N)
+    if not tracing() and dev.type == "cpu" and B > 0:
+        # Stop once every row has run out of candidates: the picks after that are the padding rows
+        # written below anyway. One host read, free on the CPU (kept off accelerators: no sync there,
+        # so the loop stays capturable in a CUDA graph).
+        steps = min(steps, int(alive.sum(dim=1).max()))
     picks, pick_scores = [], []
-    for _ in range(min(D, N)):
+    for _ in range(steps):
         cand = torch.where(alive, sc, neg_inf)  # cand: [B, N]
         best = cand.argmax(dim=1, keepdim=True)  # best: [B, 1], first maximum = lowest index
         picks.append(best)

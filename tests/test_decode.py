@@ -202,6 +202,14 @@ def test_bad_inputs():
     badm[0, 2, 2] = float("nan")
     with pytest.raises(ValueError, match="mask contains NaN"):
         detect(logits, badm, cfg)
+    # +inf and -inf make the sum NaN without a NaN in the input: the exact test must not raise
+    infs = logits.clone()
+    infs[0, 0, 3], infs[0, 1, 4] = float("inf"), float("-inf")
+    assert infs.sum().isnan() and not infs.isnan().any()
+    decode_windows(infs, mask, cfg)
+    infs[0, 1, 5] = float("nan")
+    with pytest.raises(ValueError, match="logits contain NaN"):
+        decode_windows(infs, mask, cfg)
     with pytest.raises(ValueError, match="both video_class and video_score"):
         decode_windows(logits, mask, cfg, video_class=torch.tensor([0]))
     with pytest.raises(ValueError, match="video_class must be in"):
