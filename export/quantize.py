@@ -28,10 +28,16 @@ calibration) and ``spot.source_sha256`` (of the fp32 file). :func:`export.onnx.O
 mAP delta (docs/verify.md).
 
 bf16 (:func:`bf16_cpu_model`, PyTorch, no file): :class:`EdgeGraph` is SPOT's inference forward
-laid out for a CPU in bfloat16 (oneDNN; AMX where the CPU has it): the input copied once to a
-contiguous ``[B, T, C]`` (on a strided view ``linear`` falls back to a batched matmul over a copy
+laid out for a CPU in bfloat16 (oneDNN; AMX where the CPU has it): windows in steps of
+``EDGE_CHUNK`` (8; each step's buffers stay in cache, and large fresh buffers cost page faults:
+batch 64 in one step was slower per window than steps of 8), each step's input copied once to a
+contiguous ``[n, T, C]`` (on a strided view ``linear`` falls back to a batched matmul over a copy
 of the weight per window), one fused Q/K/V matmul, ``scaled_dot_product_attention`` on strided
-head views (no copies of Q, K, V), the classifier as a linear on ``[B, T, C]``. Same maths as
+head views (no copies of Q, K, V), the classifier as a linear on ``[n, T, C]``, the k=3 mask conv
+as one linear over the three taps ``[x_{t-1}, x_t, x_{t+1}]``, the mask's sigmoid on the float32
+logit. (Folding the attention weights per head, ``w_q^T w_k`` and ``w_v^T w_proj^T``, would cut
+the FLOPs by 39 % on the ANet preset but moved the demo model's mAP by -0.25 to -0.35 points in
+bf16, against -0.05 for this layout: measured, not used.) Same maths as
 :class:`spot_core.model.SPOT` (in float32 it matches it within fp32 tolerance); fp32 features in,
 fp32 logits and mask out. Timed by ``python -m benchmarks.edge`` and verified as the ``edge-cpu``
 rows of ``python -m export.verify``.
@@ -251,24 +257,34 @@ def _check_dynamic_batch(proto: Any, path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- bf16 CPU
+EDGE_CHUNK = 8  # windows per inner step of EdgeGraph: keeps each step's buffers in cache (measured)
+
+
 class EdgeGraph(nn.Module):
     """SPOT's inference forward in ``dtype``, laid out for CPU matmul libraries (see the module doc).
 
     ``features [B, C, T]`` (any float dtype, cast to ``dtype``) -> ``logits [B, K+1, T]``,
     ``mask [B, T, T]``, both float32. Weights are copied; the caller's model is untouched.
+    ``chunk`` windows are processed per inner step.
     """
 
-    def __init__(self, model: SPOT, cfg: SpotConfig, dtype: torch.dtype = torch.bfloat16) -> None:
+    def __init__(
+        self, model: SPOT, cfg: SpotConfig, dtype: torch.dtype = torch.bfloat16, chunk: int = EDGE_CHUNK
+    ) -> None:
         super().__init__()
         check_model_matches(model, cfg)
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1 window, got {chunk}")
         e = model.embedding
-        self.dtype = dtype
+        self.dtype, self.chunk = dtype, chunk
         self.num_heads, self.head_dim = e.num_heads, e.head_dim
         self.eps = e.norm.eps
+        self.feat_dim, self.num_snippets = cfg.model.feat_dim, cfg.model.num_snippets
 
         def buf(t: Tensor) -> Tensor:
             return t.detach().to("cpu", dtype).contiguous().clone()
 
+        w_m = model.mask_conv.weight.detach()  # [hidden, C, 3]
         self.register_buffer("w_qkv", buf(torch.cat([e.w_q.weight, e.w_k.weight, e.w_v.weight])))  # [3Hd, C]
         self.register_buffer("w_proj", buf(e.proj.weight))  # [C, Hd]
         self.register_buffer("b_proj", buf(e.proj.bias))
@@ -276,10 +292,10 @@ class EdgeGraph(nn.Module):
         self.register_buffer("ln_b", buf(e.norm.bias))
         self.register_buffer("w_cls", buf(model.classifier.weight.squeeze(-1)))  # [K+1, C]
         self.register_buffer("b_cls", buf(model.classifier.bias))
-        self.register_buffer("w_mconv", buf(model.mask_conv.weight))  # [hidden, C, 3]
+        # the k=3 conv as one linear over the taps [x_{t-1}, x_t, x_{t+1}]: column k*C + c = weight[:, c, k]
+        self.register_buffer("w_mconv", buf(w_m.permute(0, 2, 1).reshape(w_m.shape[0], -1)))  # [hidden, 3C]
         self.register_buffer("b_mconv", buf(model.mask_conv.bias))
         self.register_buffer("w_mout", buf(model.mask_out.weight.squeeze(-1)))  # [T, hidden]
-        self.feat_dim, self.num_snippets = cfg.model.feat_dim, cfg.model.num_snippets
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -288,27 +304,43 @@ class EdgeGraph(nn.Module):
             raise ValueError(
                 f"features must be [B, C={self.feat_dim}, T={self.num_snippets}], got {list(x.shape)}"
             )
-        b, c, t = x.shape
+        b, _, t = x.shape
+        logits = torch.empty(b, self.w_cls.shape[0], t, dtype=torch.float32)  # [B, K+1, T]
+        mask = torch.empty(b, t, t, dtype=torch.float32)  # [B, T, T]
+        for i in range(0, b, self.chunk):
+            lo, ma = self._step(x[i : i + self.chunk].to("cpu", self.dtype))
+            logits[i : i + self.chunk].copy_(lo)
+            mask[i : i + self.chunk].copy_(ma)
+        return logits, mask
+
+    def _step(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        # x: [n, C, T] in self.dtype
+        n, c, t = x.shape
         h, d = self.num_heads, self.head_dim
-        xt = x.to(self.dtype).transpose(1, 2).contiguous()  # [B, T, C]; a strided view would make
-        # linear fall back to a batched matmul over a per-window copy of the weight
-        qkv = F.linear(xt, self.w_qkv).view(b, t, 3, h, d)  # [B, T, 3, H, d]
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, d] (views)
-        o = F.scaled_dot_product_attention(q, k, v)  # [B, H, T, d], scale 1/sqrt(d), no dropout
-        o = o.transpose(1, 2).reshape(b, t, h * d)  # [B, T, H*d]
+        xt = x.transpose(1, 2).contiguous()  # [n, T, C]; a strided view would make linear fall back
+        # to a batched matmul over a per-window copy of the weight
+        qkv = F.linear(xt, self.w_qkv).view(n, t, 3, h, d)  # [n, T, 3, H, d]
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x [n, H, T, d] (views)
+        o = F.scaled_dot_product_attention(q, k, v)  # [n, H, T, d], scale 1/sqrt(d), no dropout
+        o = o.transpose(1, 2).reshape(n, t, h * d)  # [n, T, H*d]
         emb = F.layer_norm(F.linear(o, self.w_proj, self.b_proj) + xt, (c,), self.ln_w, self.ln_b, self.eps)
-        logits = F.linear(emb, self.w_cls, self.b_cls).transpose(1, 2)  # [B, K+1, T]
-        hid = F.relu(F.conv1d(emb.transpose(1, 2), self.w_mconv, self.b_mconv, padding=1))  # [B, hidden, T]
-        mask = torch.sigmoid(F.conv1d(hid, self.w_mout.unsqueeze(-1)))  # [B, T, T]
-        return logits.float(), mask.float()
+        logits = F.linear(emb, self.w_cls, self.b_cls).transpose(1, 2)  # [n, K+1, T]
+        pad = F.pad(emb, (0, 0, 1, 1))  # [n, T+2, C]: the conv's zero padding in time
+        taps = torch.cat([pad[:, :-2], pad[:, 1:-1], pad[:, 2:]], dim=-1)  # [n, T, 3C]
+        hid = F.relu(F.linear(taps, self.w_mconv, self.b_mconv))  # [n, T(col), hidden]
+        # sigmoid of the float32 mask logit: no rounding of the probability to dtype
+        mask = torch.sigmoid(F.linear(hid, self.w_mout).float()).transpose(1, 2)  # [n, T(row), T(col)]
+        return logits, mask
 
 
-def bf16_cpu_model(model: SPOT, cfg: SpotConfig, dtype: torch.dtype = torch.bfloat16) -> EdgeGraph:
+def bf16_cpu_model(
+    model: SPOT, cfg: SpotConfig, dtype: torch.dtype = torch.bfloat16, chunk: int = EDGE_CHUNK
+) -> EdgeGraph:
     """The bf16 CPU edge model of ``model``: an :class:`EdgeGraph` on the CPU, in eval mode
     (float32 gives the same layout in full precision, which the tests compare with the model)."""
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"unsupported precision {dtype}; use bfloat16 (or float32 / float16)")
-    return EdgeGraph(model, cfg, dtype).eval()
+    return EdgeGraph(model, cfg, dtype, chunk).eval()
 
 
 # ------------------------------------------------------------------------------------------- CLI

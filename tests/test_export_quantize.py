@@ -167,7 +167,7 @@ def test_bf16_cpu_graph(files):
     for g, r in zip(same, ref, strict=True):
         torch.testing.assert_close(g, r, atol=1e-5, rtol=1e-4)
     low = bf16_cpu_model(model, cfg)
-    assert low.w_qkv.dtype == torch.bfloat16
+    assert low.w_qkv.dtype == torch.bfloat16 and low.w_mconv.dtype == torch.bfloat16
     for b in (1, 3):
         out = low(x[:b])
         for g, r in zip(out, ref, strict=True):
@@ -177,3 +177,11 @@ def test_bf16_cpu_graph(files):
             assert (g64 - r64).abs().max() > 0  # really bf16
     with pytest.raises(ValueError, match=r"\[B, C=32, T=64\]"):
         low(torch.zeros(2, 32, 10))
+    # windows run in steps of `chunk`: any step size gives the same outputs (within bf16 noise of
+    # the matmul blocking), in input order
+    full = bf16_cpu_model(model, cfg, chunk=3)(x)
+    for chunk in (1, 2):
+        for g, r in zip(bf16_cpu_model(model, cfg, chunk=chunk)(x), full, strict=True):
+            torch.testing.assert_close(g, r, atol=1e-2, rtol=1e-2)
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        bf16_cpu_model(model, cfg, chunk=0)
