@@ -11,7 +11,7 @@ pytest.importorskip("onnxscript")  # the dynamo exporter needs it
 pytest.importorskip("onnxruntime")
 
 from export.onnx import export_onnx  # noqa: E402
-from export.verify import ROW_KEYS, compare, main, verify  # noqa: E402
+from export.verify import ROW_KEYS, TOLERANCES, Inputs, _Reference, compare, main, verify  # noqa: E402
 from spot_core.checkpoint import save_model  # noqa: E402
 from spot_core.config import SpotConfig  # noqa: E402
 from spot_core.data.synthetic import generate_dataset  # noqa: E402
@@ -51,6 +51,20 @@ def _by(rows, backend, precision="fp32"):
     return r
 
 
+def _check_new_keys(r):
+    """``elementwise_outside`` (int) and ``scale_ratio`` (float) in a measured row, None in a skipped one."""
+    assert "elementwise_outside" in r and "scale_ratio" in r
+    if r["status"] == "skipped" and r["max_abs"] is None:
+        assert r["elementwise_outside"] is None and r["scale_ratio"] is None
+        return
+    assert isinstance(r["elementwise_outside"], int) and r["elementwise_outside"] >= 0
+    assert isinstance(r["scale_ratio"], float) and r["scale_ratio"] >= 0.0
+    if r["precision"] == "fp32":  # judged per element: a pass means no element outside
+        assert (r["elementwise_outside"] == 0) == ("elements)" not in r["reason"])
+    if r["precision"] in ("fp16", "bf16"):  # judged normwise: the per-element count is never the reason
+        assert "elements)" not in r["reason"]
+
+
 def test_eager_and_onnxruntime_pass_with_map(files):
     fams = ("eager", "onnxruntime")
     rows = verify(files["ckpt"], onnx=files["onnx"], data=files["data"], backends=fams, **FAST)
@@ -58,10 +72,12 @@ def test_eager_and_onnxruntime_pass_with_map(files):
         assert tuple(r) == ROW_KEYS
         assert r["status"] in ("passed", "failed", "skipped")
         assert (r["status"] == "passed") == (r["reason"] == "")
+        _check_new_keys(r)
     eager, ort = _by(rows, "eager"), _by(rows, "onnxruntime-cpu")
     for r in (eager, ort):
         assert r["status"] == "passed", r
         assert r["detections_equal"] is True and r["max_abs"] < 1e-5 and r["cosine"] > 0.99999
+        assert r["elementwise_outside"] == 0 and r["scale_ratio"] < 1e-5
         assert r["map"] is not None and abs(r["map_delta"]) < 1e-9
     # reduced precision rows: judged (cosine and mAP delta reported) or skipped with a reason, never silent
     for p in ("bf16", "fp16"):
@@ -80,6 +96,8 @@ def test_onnx_of_other_weights_fails(files):
     r = _by(rows, "onnxruntime-cpu")
     assert r["status"] == "failed"
     assert "outside atol 1e-05" in r["reason"] and r["max_abs"] > 1e-3
+    _check_new_keys(r)
+    assert r["elementwise_outside"] > 0 and r["scale_ratio"] > 1e-3
     argv = ["--checkpoint", str(files["ckpt"]), "--onnx", str(files["other"]), "--backends", "onnxruntime"]
     assert main([*argv, "--random", "2"]) == 1
 
@@ -102,6 +120,7 @@ def test_missing_backends_are_skipped_with_reason(files):
     r = _by(verify(files["ckpt"], engine=engine, backends=("tensorrt",), **FAST), "tensorrt")
     assert r["status"] == "skipped" and "no CUDA GPU" in r["reason"]
     assert r["max_abs"] is None and r["detections_equal"] is None
+    assert r["elementwise_outside"] is None and r["scale_ratio"] is None
 
 
 def test_cli_json_schema(files, tmp_path, capsys):
@@ -116,9 +135,11 @@ def test_cli_json_schema(files, tmp_path, capsys):
         assert set(r) == set(ROW_KEYS)
         assert isinstance(r["backend"], str) and r["precision"] in ("fp32", "fp16", "bf16", "int8")
         assert r["status"] in ("passed", "failed", "skipped") and isinstance(r["reason"], str)
-        for k in ("max_abs", "max_rel", "cosine", "map", "map_delta"):
+        for k in ("max_abs", "max_rel", "scale_ratio", "cosine", "map", "map_delta"):
             assert r[k] is None or isinstance(r[k], float)
+        assert r["elementwise_outside"] is None or isinstance(r["elementwise_outside"], int)
         assert r["detections_equal"] in (None, True, False)
+        _check_new_keys(r)
     assert _by(rows, "onnxruntime-cpu")["status"] == "passed"
 
 
@@ -151,8 +172,11 @@ def test_edge_cpu_rows(files):
     assert fp32["status"] == "passed" and fp32["max_abs"] < 1e-5 and fp32["detections_equal"] is True
     assert bf16["status"] in ("passed", "failed") and bf16["cosine"] > 0.999 and bf16["max_abs"] > 0
     assert bf16["map_delta"] is not None
+    for r in rows:
+        _check_new_keys(r)
+    assert fp32["elementwise_outside"] == 0 and 0 < bf16["scale_ratio"] < 0.05
     if bf16["status"] == "failed":
-        assert "outside atol 0.001" in bf16["reason"] or "mAP delta" in bf16["reason"]
+        assert "max abs diff" in bf16["reason"] or "mAP delta" in bf16["reason"]
 
 
 def test_compare_tolerances():
@@ -164,3 +188,88 @@ def test_compare_tolerances():
     assert m["max_abs"] == pytest.approx(5e-4, rel=1e-3)
     nan = (ref[0].clone().fill_(float("nan")), ref[1])
     assert "logits not finite" in compare(nan, ref, "fp32")["bad_outputs"]
+    m = compare(nan, ref, "bf16")
+    assert m["bad_outputs"] == ["logits not finite"] and m["elementwise_outside"] == 24
+    assert m["scale_ratio"] == float("inf")
+
+
+# A logit far from zero (4), small ones (0.01, 1) and a mask: bf16 / fp16 bound atol + rtol * max|ref|
+# = 1e-3 + 1e-2 * 4 = 0.041 on logits and 1e-3 + 1e-2 * 0.5 = 0.006 on mask.
+_REF = (torch.tensor([[4.0, 0.01, -2.0, 1.0]]), torch.tensor([[0.5, 0.25]]))
+
+
+def _got(i: int, delta: float, out: int = 0):
+    got = [t.clone() for t in _REF]
+    got[out][0, i] += delta
+    return tuple(got)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_compare_normwise_passes_error_on_small_ref(precision):
+    """(a) An error at a small |ref| that breaks the per-element rule but not the normwise one passes."""
+    for i, delta in ((1, 0.02), (3, 0.03), (0, 0.04)):  # outside 1e-3 + 1e-2 * |ref| only for i = 1, 3
+        m = compare(_got(i, delta), _REF, precision)
+        assert m["bad_outputs"] == [], (i, delta)
+        assert m["elementwise_outside"] == (0 if i == 0 else 1)
+        assert m["max_abs"] == pytest.approx(delta, rel=1e-5)
+        assert m["scale_ratio"] == pytest.approx(delta / 4.0, rel=1e-5)
+        assert m["cosine"] > 0.999
+    two = (_got(1, 0.02)[0], _got(1, 0.005, out=1)[1])  # one logit and one mask element
+    m = compare(two, _REF, precision)
+    assert m["bad_outputs"] == [] and m["elementwise_outside"] == 2
+    assert m["scale_ratio"] == pytest.approx(0.005 / 0.5, rel=1e-4)  # the larger over the outputs
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_compare_normwise_fails_above_scale_bound(precision):
+    """(b) An error above atol + rtol * max|ref| fails, naming the output and the bound."""
+    m = compare(_got(0, 0.05), _REF, precision)
+    assert m["bad_outputs"] == ["logits: max abs diff 0.05 > 1e-3 + 1e-2 * max|ref| (4)"]
+    assert m["elementwise_outside"] == 1
+    m = compare(_got(1, 0.007, out=1), _REF, precision)  # mask bound 0.006: max|ref| is the mask's own
+    assert m["bad_outputs"] == ["mask: max abs diff 0.007 > 1e-3 + 1e-2 * max|ref| (0.5)"]
+    both = (_got(2, -0.05)[0], _got(0, 0.01, out=1)[1])
+    assert [b.split(":")[0] for b in compare(both, _REF, precision)["bad_outputs"]] == ["logits", "mask"]
+
+
+def test_compare_fp32_and_int8_stay_per_element():
+    """(c) fp32 fails per element where the normwise rule (1e-5 + 1e-4 * 4 = 4.1e-4) would pass."""
+    m = compare(_got(1, 2e-4), _REF, "fp32")
+    assert m["bad_outputs"] == ["logits (1 of 4 elements)"] and m["elementwise_outside"] == 1
+    assert m["scale_ratio"] == pytest.approx(5e-5, rel=1e-3)  # well inside the normwise bound
+    assert compare(_got(0, 2e-4), _REF, "fp32")["bad_outputs"] == []  # 2e-4 <= 1e-5 + 1e-4 * 4
+    # int8 counts with its TOLERANCES entry (1e-2 + 1e-1 * |ref|): 0.05 at ref 0.01 is outside
+    tol = TOLERANCES["int8"]
+    assert 0.05 > tol["atol"] + tol["rtol"] * 0.01
+    m = compare(_got(1, 0.05), _REF, "int8")
+    assert m["elementwise_outside"] == 1 and m["bad_outputs"] == ["logits (1 of 4 elements)"]
+
+
+def test_rows_judged_normwise_for_reduced_precision_only(files):
+    """Rows of the real reference (toy model, random windows): bf16 / fp16 normwise, fp32 per element."""
+    from spot_core.checkpoint import load_model
+
+    model, cfg = load_model(files["ckpt"])
+    ref = _Reference(model, cfg, Inputs(cfg, num_random=2, seed=0, data=None), 2)
+    logits, mask = ref.out
+    flat = logits.abs().flatten()
+    i = int(flat.argmin())  # the smallest |logit|: per-element bound ~1e-3, normwise ~1e-3 + 1e-2 * max
+    bound = 1e-3 + 1e-2 * float(flat.max())
+    small = logits.clone().flatten()
+    small[i] += 0.5 * bound
+    out = (small.view_as(logits), mask)
+    for p in ("bf16", "fp16"):
+        r = ref.check("eager", p, out)
+        assert r["status"] == "passed" and r["reason"] == "", r
+        assert r["elementwise_outside"] == 1
+        assert r["scale_ratio"] == pytest.approx(0.5 * bound / float(flat.max()), rel=1e-4)
+    r = ref.check("eager", "fp32", out)
+    assert r["status"] == "failed" and r["elementwise_outside"] == 1
+    assert f"logits (1 of {logits.numel()} elements) outside atol 1e-05 + rtol 0.0001" in r["reason"]
+    big = mask.clone()
+    big[0, 0, 0] += 0.02  # mask max|ref| < 1: bound < 0.011
+    r = ref.check("eager", "bf16", (logits, big))
+    assert r["status"] == "failed" and r["reason"].startswith(
+        "mask: max abs diff 0.02 > 1e-3 + 1e-2 * max|ref| ("
+    )
+    assert "logits" not in r["reason"] and r["elementwise_outside"] == 1
