@@ -80,7 +80,7 @@ def flops_per_window(m: ModelConfig) -> dict[str, int]:
     return parts
 
 
-class _AsModule(nn.Module):
+class ForwardModule(nn.Module):
     """A forward function dressed as a module for :func:`predict_windows` (which asks for a device)."""
 
     def __init__(self, fn: Forward) -> None:
@@ -187,7 +187,7 @@ def run_threads(
         reps = inner if b == 1 else 1
         cases[f"decode_nms_only_b{b}"] = (lambda b=b: decode_only(bench, *outs[b]), b, reps)
         for name, fn in paths.items():
-            mod = _AsModule(fn)
+            mod = ForwardModule(fn)
 
             def fwd(b: int = b, fn: Forward = fn) -> Any:
                 return fn(bench.features[:b])
