@@ -1,6 +1,6 @@
 """Streaming runtime benchmarks: per-window latency, throughput over concurrent streams, peak memory.
 
-    python -m benchmarks.streaming [--backends eager,compile,onnxruntime] [--device cpu] \\
+    python -m benchmarks.streaming [--backends eager,compile,edge,onnxruntime] [--device cpu] \\
         [--streams 1,64,1024] [--preset anet] [--json benchmarks/results/streaming_cpu.json]
     python -m benchmarks.streaming memory --hours 1 10 [--preset anet] [--rate 2]
     python -m benchmarks.streaming actrectut [--data ../shared/data/actrectut] [--set K=V ...]
@@ -42,11 +42,11 @@ import numpy as np
 import torch
 
 from runtime.detector import BYTES_PER_DETECTION, StreamDetector
-from runtime.session import CompiledSession, EagerSession, OnnxSession, Session, SessionError
+from runtime.session import CompiledSession, EagerSession, EdgeSession, OnnxSession, Session, SessionError
 from spot_core.config import SpotConfig
 from spot_core.model import SPOT
 
-BACKENDS = ("eager", "compile", "onnxruntime")
+BACKENDS = ("eager", "compile", "edge", "onnxruntime")
 
 
 def random_model(preset: str = "anet", seed: int = 0, cls_scale: float = 5.0) -> tuple[SPOT, SpotConfig]:
@@ -74,6 +74,8 @@ def make_session(
         return EagerSession(model, cfg, device=device, batch_size=batch_size)
     if backend == "compile":
         return CompiledSession(model, cfg, device=device, batch_size=batch_size)
+    if backend == "edge":
+        return EdgeSession(model, cfg, device=device, batch_size=batch_size)
     if backend == "onnxruntime":
         from export.onnx import export_onnx
 

@@ -10,6 +10,8 @@ Backends (:data:`BACKENDS`):
 - ``eager``: the reference, :class:`spot_core.model.SPOT` in eval mode on ``device``;
 - ``compile``: :func:`export.compile.compile_inference` (Inductor, ``fullgraph=True``; static
   shapes when the batch is padded, which is what CUDA graphs need);
+- ``edge``: the bf16 CPU edge model, :func:`export.quantize.bf16_cpu_model` of the checkpoint
+  (oneDNN, AMX where the CPU has it; CPU only; docs/edge.md for its speed and accuracy);
 - ``onnxruntime``: :class:`export.onnx.OnnxRunner` on a heads ONNX export with the CPU, CUDA or
   TensorRT execution provider (the provider must really load: onnxruntime's silent fallback to the
   CPU is refused);
@@ -53,6 +55,7 @@ __all__ = [
     "BACKENDS",
     "CompiledSession",
     "EagerSession",
+    "EdgeSession",
     "OnnxSession",
     "Session",
     "SessionError",
@@ -61,7 +64,7 @@ __all__ = [
     "open_session",
 ]
 
-BACKENDS = ("eager", "compile", "onnxruntime", "tensorrt")
+BACKENDS = ("eager", "compile", "edge", "onnxruntime", "tensorrt")
 ORT_PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -265,6 +268,37 @@ class CompiledSession(Session):
         return {**super().describe(), "mode": self.mode}
 
 
+class EdgeSession(Session):
+    """The bf16 CPU edge model (:func:`export.quantize.bf16_cpu_model`) of the checkpoint; CPU only."""
+
+    backend = "edge"
+
+    def __init__(
+        self,
+        model: SPOT,
+        cfg: SpotConfig,
+        *,
+        device: str | torch.device = "cpu",
+        batch_size: int = 64,
+        pad: bool = True,
+    ) -> None:
+        super().__init__(cfg, device=device, batch_size=batch_size, pad=pad)
+        if self.device.type != "cpu":
+            raise SessionError(f"the edge backend runs on the CPU only, not on {self.device}")
+        from export.quantize import bf16_cpu_model
+
+        try:
+            self.net = bf16_cpu_model(model, cfg)
+        except ValueError as e:  # CheckpointError: tensors that do not match cfg
+            raise SessionError(str(e)) from None
+
+    def _run(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.net(x)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "precision": "bf16", "chunk": self.net.chunk}
+
+
 # ------------------------------------------------------------------------------------------ onnx
 class OnnxSession(Session):
     """onnxruntime on a heads ONNX export; ``provider``: ``cpu``, ``cuda`` or ``tensorrt``.
@@ -455,10 +489,10 @@ def open_session(
 ) -> Session:
     """Open a session on a model file; ``backend="auto"`` picks it from the file type.
 
-    ``.safetensors`` -> ``eager`` (or ``compile``), ``.onnx`` -> ``onnxruntime`` (provider
-    ``provider``, default from ``device``: ``cpu`` or ``cuda``), ``.plan``/``.engine`` ->
-    ``tensorrt``. ``cfg`` defaults to the config stored with the model; when given, the model is
-    checked against it and a mismatch raises :class:`SessionError`.
+    ``.safetensors`` -> ``eager`` (or ``compile``, or ``edge``: the bf16 CPU model), ``.onnx`` ->
+    ``onnxruntime`` (provider ``provider``, default from ``device``: ``cpu`` or ``cuda``),
+    ``.plan``/``.engine`` -> ``tensorrt``. ``cfg`` defaults to the config stored with the model;
+    when given, the model is checked against it and a mismatch raises :class:`SessionError`.
     """
     path = Path(path)
     if not path.is_file():
@@ -469,6 +503,7 @@ def open_session(
     kinds = {
         "eager": CHECKPOINT_EXTS,
         "compile": CHECKPOINT_EXTS,
+        "edge": CHECKPOINT_EXTS,
         "onnxruntime": ONNX_EXTS,
         "tensorrt": ENGINE_EXTS,
     }
@@ -490,7 +525,7 @@ def open_session(
             num_classes=stored.model.num_classes,
             class_names=stored.class_names,
         )
-    if backend in ("eager", "compile"):
+    if backend in ("eager", "compile", "edge"):
         from spot_core.checkpoint import CheckpointError, load_model
 
         try:
@@ -499,6 +534,8 @@ def open_session(
             raise SessionError(str(e)) from None
         if backend == "eager":
             return EagerSession(model, cfg, device=device, batch_size=batch_size, pad=pad)
+        if backend == "edge":
+            return EdgeSession(model, cfg, device=device, batch_size=batch_size, pad=pad)
         return CompiledSession(model, cfg, device=device, batch_size=batch_size, pad=pad, mode=compile_mode)
     if backend == "onnxruntime":
         prov = provider or ("cuda" if torch.device(device).type == "cuda" else "cpu")

@@ -1,7 +1,7 @@
 """Offline streaming over feature files: ``python -m runtime.stream``.
 
     python -m runtime.stream --model FILE --features FILE_OR_DIR [--chunk N] [--out detections.json] \\
-        [--plot out.png] [--backend auto|eager|compile|onnxruntime|tensorrt] [--device cpu|cuda] \\
+        [--plot out.png] [--backend auto|eager|compile|edge|onnxruntime|tensorrt] [--device cpu|cuda] \\
         [--provider cpu|cuda|tensorrt] [--batch-size B] [--stride S] [--snippet-rate R] \\
         [--config FILE | --preset NAME] [--set K=V ...]
 

@@ -230,9 +230,34 @@ def test_np_input_accepted(toy):
     assert np.isfinite(s.forward(x)[1].numpy()).all()
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "compile"])
+def test_edge_session_is_the_bf16_cpu_model(toy, files):
+    """backend="edge": the bf16 CPU edge model of the checkpoint, close to eager, batch-invariant."""
+    from export.quantize import bf16_cpu_model
+    from runtime.session import EdgeSession
+
+    model, cfg = toy
+    s = open_session(files["ckpt"], backend="edge", batch_size=4)
+    assert isinstance(s, EdgeSession) and s.describe()["precision"] == "bf16"
+    x = _x(cfg, 6)
+    le, me = s.forward(x)
+    with torch.no_grad():
+        want = bf16_cpu_model(model, cfg)(torch.cat([x, x.new_zeros(2, *x.shape[1:])]))  # padded to 8
+    assert torch.equal(le, want[0][:6]) and torch.equal(me, want[1][:6])
+    ref_l, ref_m = EagerSession(model, cfg, batch_size=4).forward(x)
+    for g, r in ((le, ref_l), (me, ref_m)):
+        assert (g - r).abs().max() <= 1e-3 + 1e-2 * r.abs().max()  # export.verify's bf16 bound
+        assert not torch.equal(g, r)  # really bf16
+    l1, m1 = s.forward(x[3:4])  # another position, other batch-mates: same bits
+    assert torch.equal(l1, le[3:4]) and torch.equal(m1, me[3:4])
+    with pytest.raises(SessionError, match="CPU only"):
+        EdgeSession(model, cfg, device="meta")
+    with pytest.raises(SessionError, match="needs a .safetensors file"):
+        open_session(files["onnx"], backend="edge")
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "compile", "edge"])
 def test_other_backends_stream_exactly(toy, files, backend):
-    """Padded onnxruntime / compiled sessions are batch-invariant too: streamed == offline, same session."""
+    """Padded onnxruntime / compiled / edge sessions are batch-invariant too: streamed == offline."""
     from runtime.detector import StreamDetector, offline_detect
 
     model, cfg = toy
