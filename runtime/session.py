@@ -224,12 +224,17 @@ class EagerSession(Session):
         pad: bool = True,
     ) -> None:
         super().__init__(cfg, device=device, batch_size=batch_size, pad=pad)
-        from export.graph import inference_graph
-
         try:
-            self.net = inference_graph(model, cfg).to(self.device)
+            self.net = self._build(model, cfg)
+        except SessionError:
+            raise
         except ValueError as e:  # CheckpointError: tensors that do not match cfg
             raise SessionError(str(e)) from None
+
+    def _build(self, model: SPOT, cfg: SpotConfig) -> torch.nn.Module:
+        from export.graph import inference_graph
+
+        return inference_graph(model, cfg).to(self.device)
 
     def _run(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.net(x.to(self.device))
@@ -268,32 +273,17 @@ class CompiledSession(Session):
         return {**super().describe(), "mode": self.mode}
 
 
-class EdgeSession(Session):
+class EdgeSession(EagerSession):
     """The bf16 CPU edge model (:func:`export.quantize.bf16_cpu_model`) of the checkpoint; CPU only."""
 
     backend = "edge"
 
-    def __init__(
-        self,
-        model: SPOT,
-        cfg: SpotConfig,
-        *,
-        device: str | torch.device = "cpu",
-        batch_size: int = 64,
-        pad: bool = True,
-    ) -> None:
-        super().__init__(cfg, device=device, batch_size=batch_size, pad=pad)
+    def _build(self, model: SPOT, cfg: SpotConfig) -> torch.nn.Module:
         if self.device.type != "cpu":
             raise SessionError(f"the edge backend runs on the CPU only, not on {self.device}")
         from export.quantize import bf16_cpu_model
 
-        try:
-            self.net = bf16_cpu_model(model, cfg)
-        except ValueError as e:  # CheckpointError: tensors that do not match cfg
-            raise SessionError(str(e)) from None
-
-    def _run(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.net(x)
+        return bf16_cpu_model(model, cfg)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "precision": "bf16", "chunk": self.net.chunk}
