@@ -27,16 +27,9 @@ from benchmarks.edge import PATHS, ForwardModule, make_paths
 from benchmarks.original_pipeline import original_detect_video
 from spot_core.inference import predict_windows
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 N_VIDEOS = max(BATCH_SIZES)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machines are shared: every benchmark runs on one intra-op thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -17,21 +17,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from benchmarks.streaming import random_model
 from runtime.detector import StreamDetector
 from runtime.session import EagerSession
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 RATE = 2.0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

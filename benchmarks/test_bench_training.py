@@ -22,15 +22,9 @@ from spot_core.losses import supervised_loss
 from spot_core.model import SPOT
 from spot_core.training import _step, make_optimizer, pretrain_step, semi_step
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 BATCH = {"toy": 16, "anet": 16}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _batch(cfg: SpotConfig, n: int, gen: torch.Generator, labeled: bool) -> dict[str, torch.Tensor]:

@@ -27,15 +27,9 @@ from spot_core.actrectut import (
 from spot_core.config import SpotConfig
 from spot_core.data.annotations import Instance, Video
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CLASSES = ["a", "b"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_featuriser_hand_case():

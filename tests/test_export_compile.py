@@ -9,13 +9,7 @@ from export.compile import CompileError, check_options, compile_inference, max_a
 from spot_core.config import SpotConfig
 from spot_core.model import SPOT
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_unsupported_options_are_errors():

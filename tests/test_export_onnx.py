@@ -24,16 +24,10 @@ from spot_core.config import SpotConfig  # noqa: E402
 from spot_core.decode import decode_windows, num_proposals  # noqa: E402
 from spot_core.model import SPOT  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FP32 = {"atol": 1e-5, "rtol": 1e-4}
 FP16 = {"atol": 1e-3, "rtol": 1e-2}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _model(cfg: SpotConfig, seed: int = 0) -> SPOT:

@@ -19,13 +19,7 @@ from spot_core.config import SpotConfig  # noqa: E402
 from spot_core.data.synthetic import generate_dataset  # noqa: E402
 from spot_core.model import SPOT  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(cfg: SpotConfig, seed: int) -> SPOT:

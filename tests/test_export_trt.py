@@ -31,6 +31,8 @@ from spot_core.config import SpotConfig  # noqa: E402
 from spot_core.decode import num_proposals  # noqa: E402
 from spot_core.model import SPOT  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _backend():
     try:
@@ -39,14 +41,6 @@ def _backend():
         if os.environ.get("CI") == "true":
             pytest.fail(f"{e} (CI: the dev extra installs tensorrt-rtx; this test must not skip)")
         pytest.skip(str(e))
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -17,15 +17,9 @@ from spot_core.config import SpotConfig  # noqa: E402
 from spot_core.data.synthetic import generate_dataset  # noqa: E402
 from spot_core.model import SPOT  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FAST = {"num_random": 3, "batch_size": 2}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _model(cfg: SpotConfig, seed: int) -> SPOT:

@@ -22,13 +22,7 @@ from spot_core.checkpoint import save_model
 from spot_core.config import SpotConfig
 from spot_core.model import SPOT
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

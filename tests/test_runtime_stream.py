@@ -28,17 +28,11 @@ from spot_core.decode import merge_windows
 from spot_core.inference import predict_windows
 from spot_core.model import SPOT
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 T = 64
 C = 32
 RATE = 2.0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _toy():

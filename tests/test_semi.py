@@ -32,15 +32,9 @@ from spot_core.pretext import (
 from spot_core.refinement import boundary_bands, easy_snippets, info_nce, refinement_loss
 from spot_core.train import main as train_main
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 OVERRIDES = ["train.batch_size=6", "train.lr=0.01"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def gen(seed: int = 0) -> torch.Generator:

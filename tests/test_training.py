@@ -27,6 +27,8 @@ from spot_core.evaluate import main as evaluate_main
 from spot_core.inference import predict_windows
 from spot_core.train import main as train_main
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 NUM_TRAIN, NUM_VAL, DATA_SEED = 12, 4, 4
 # lr 0.01 / batch 6: two optimiser steps per epoch, and a tiny run learns enough to score some mAP
 OVERRIDES = ["train.batch_size=6", "train.lr=0.01"]
@@ -73,15 +75,6 @@ def assert_same_weights(a: Path, b: Path) -> None:
     assert sorted(ta) == sorted(tb)
     different = [k for k in ta if not torch.equal(ta[k], tb[k])]
     assert not different, f"{a} and {b} differ in {different}"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is as fast, and far faster when the CPUs are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
