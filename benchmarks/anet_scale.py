@@ -30,7 +30,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import platform
 import resource
 import time
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from spot_core.cli import report_error
 from spot_core.config import SpotConfig
 from spot_core.data.annotations import AnnotationSet, read_spot_bsn
 from spot_core.data.windows import Window, build_targets, snippet_span
@@ -214,8 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not (Path(args.shared) / "activitynet").is_dir():
-        print(f"error: {args.shared}/activitynet not found", file=os.sys.stderr)
-        return 2
+        return report_error(f"{args.shared}/activitynet not found")
     rep = run(Path(args.shared), Path(args.out), epochs=args.epochs, pretrain_epochs=args.pretrain_epochs,
               threads=args.threads, seed=args.seed, limit=args.limit)  # fmt: skip
     text = json.dumps(rep, indent=1, default=str)

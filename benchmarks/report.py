@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from spot_core.cli import report_error
 
 __all__ = ["collect_rows", "format_markdown", "main", "plot_rows"]
 
@@ -209,11 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rows, skipped = collect_rows(Path(args.results))
     except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     if not rows:
-        print(f"error: {args.results}: no throughput reports found", file=sys.stderr)
-        return 2
+        return report_error(f"{args.results}: no throughput reports found")
     table = format_markdown(rows, skipped)
     if args.md:
         Path(args.md).write_text(table + "\n")

@@ -42,6 +42,7 @@ import torch
 from export.graph import INPUT_NAME, inference_graph, output_names
 from spot_core import __version__
 from spot_core.checkpoint import CheckpointError, load_model
+from spot_core.cli import report_error
 from spot_core.config import ConfigError, SpotConfig
 from spot_core.decode import num_proposals
 from spot_core.model import SPOT
@@ -352,8 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model, cfg, args.out, with_decode=args.with_decode, fp16=args.fp16, opset=args.opset
         )
     except (CheckpointError, ConfigError, OnnxExportError, OnnxModelError, OSError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print(out)
     return 0
 

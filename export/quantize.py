@@ -62,6 +62,7 @@ from torch import Tensor, nn
 from export.graph import check_model_matches
 from export.onnx import FORMAT, OnnxModelError, load_onnx, read_onnx_metadata, save_proto
 from spot_core.checkpoint import sha256_file
+from spot_core.cli import report_error
 from spot_core.config import ConfigError, SpotConfig
 from spot_core.model import SPOT
 
@@ -376,8 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             per_channel=not args.per_tensor,
         )
     except (QuantizeError, OnnxModelError, OSError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print(out)
     return 0
 

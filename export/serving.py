@@ -31,6 +31,7 @@ from typing import Any
 
 from export.onnx import OnnxModelError, load_onnx, read_onnx_metadata
 from export.trt import check_io, onnx_io, read_engine_metadata
+from spot_core.cli import report_error
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             overwrite=args.overwrite,
         )
     except (ServingError, OnnxModelError, OSError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print(out)
     return 0
 

@@ -37,6 +37,7 @@ from typing import Any
 from export.graph import INPUT_NAME
 from export.onnx import OnnxModelError, load_onnx, read_onnx_metadata
 from spot_core.checkpoint import sha256_file, write_bytes_atomic
+from spot_core.cli import report_error
 
 log = logging.getLogger(__name__)
 
@@ -384,8 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             compute_capabilities=args.compute_capability,
         )
     except (TrtUnavailableError, TrtBuildError, OnnxModelError, OSError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print(out)
     return 0
 

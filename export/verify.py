@@ -71,6 +71,7 @@ import torch
 from torch import Tensor, nn
 
 from spot_core.checkpoint import CheckpointError, load_model
+from spot_core.cli import report_error
 from spot_core.config import SpotConfig
 from spot_core.model import SPOT
 
@@ -721,8 +722,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device,
         )
     except (VerifyInputError, OSError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        return report_error(e)
     text = json.dumps(rows, indent=2)
     if args.json == "-":
         print(text)

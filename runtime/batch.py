@@ -37,7 +37,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ import torch
 from tqdm import tqdm
 
 from spot_core.checkpoint import CheckpointError, load_model, sha256_file, write_bytes_atomic
+from spot_core.cli import report_error
 from spot_core.config import SpotConfig
 from spot_core.data.annotations import AnnotationSet, Video
 from spot_core.data.features import FEATURE_EXTS, FeatureError, FeatureStore
@@ -292,8 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=args.device, progress=not args.no_progress,
         )  # fmt: skip
     except (BatchError, FeatureError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spot_core.cli import report_error
 from spot_core.config import ConfigError
 from spot_core.data.features import FeatureError, load_features
 
@@ -218,8 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress=not args.no_progress,
         )
     except (SessionError, ConfigError, FeatureError, ValueError, OSError) as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+        return report_error(e)
     for sid, dets in results["results"].items():
         best = max((d["score"] for d in dets), default=0.0)
         print(f"{sid}: {len(dets)} detections (best score {best:.3f})")
@@ -228,8 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot:
         print(f"timeline: {args.plot}")
     for where, msg in errors.items():
-        text = " ".join(msg.split())
-        print(f"error: {text if text.startswith(where) else f'{where}: {text}'}", file=sys.stderr)
+        report_error(msg if msg.lstrip().startswith(where) else f"{where}: {msg}")
     return 2 if errors else 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from .config import ConfigError, SpotConfig
 
@@ -45,3 +46,10 @@ def setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+
+
+def report_error(message: object) -> int:
+    """Print ``error: <message>`` as one line on stderr (whitespace runs collapsed) and return 2,
+    the exit status of every entry point on bad input."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2

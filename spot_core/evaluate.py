@@ -21,6 +21,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from spot_core.cli import report_error
 from spot_core.evaluation import (
     PROTOCOLS,
     EvaluationError,
@@ -61,12 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = evaluate_detection(
             gt, preds, PROTOCOLS[args.protocol], subset=args.subset, pred_source=args.pred
         )
-    except EvaluationError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as e:  # AnnotationError (a ValueError naming the file), unreadable files
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (EvaluationError, ValueError, OSError) as e:  # AnnotationError names the file
+        return report_error(e)
     if args.json:
         out = result.to_dict()
         out["protocol"] = args.protocol

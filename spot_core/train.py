@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError
-from .cli import add_config_args, config_from_args, setup_logging
+from .cli import add_config_args, config_from_args, report_error, setup_logging
 from .config import ConfigError
 from .data.annotations import AnnotationError
 
@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, AnnotationError, ValueError, OSError, FloatingPointError) as e:
         # bad input (the message names the file or key) or a diverged loss: one line, no traceback
         msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}"
-        print(f"error: {msg}".replace("\n", " "), file=sys.stderr)
-        return 2
+        return report_error(msg)
     finally:
         if dc.enabled:
             torch.distributed.destroy_process_group()
