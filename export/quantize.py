@@ -29,8 +29,8 @@ mAP delta (docs/verify.md).
 
 bf16 (:func:`bf16_cpu_model`, PyTorch, no file): :class:`EdgeGraph` is SPOT's inference forward
 laid out for a CPU in bfloat16 (oneDNN; AMX where the CPU has it): windows in steps of
-``EDGE_CHUNK`` (8; each step's buffers stay in cache, and large fresh buffers cost page faults:
-batch 64 in one step was slower per window than steps of 8), each step's input copied once to a
+``EDGE_CHUNK`` (8: batch 64 in one step was slower per window than steps of 8 on our CPU,
+measured; smaller working buffers are the likely reason, not profiled), each step's input copied once to a
 contiguous ``[n, T, C]`` (on a strided view ``linear`` falls back to a batched matmul over a copy
 of the weight per window), one fused Q/K/V matmul, ``scaled_dot_product_attention`` on strided
 head views (no copies of Q, K, V), the classifier as a linear on ``[n, T, C]``, the k=3 mask conv
@@ -258,7 +258,7 @@ def _check_dynamic_batch(proto: Any, path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- bf16 CPU
-EDGE_CHUNK = 8  # windows per inner step of EdgeGraph: keeps each step's buffers in cache (measured)
+EDGE_CHUNK = 8  # windows per inner step of EdgeGraph: faster per window than one step of 64 (measured)
 
 
 class EdgeGraph(nn.Module):
