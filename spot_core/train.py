@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         res = train(
             cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress, device=device
         )
+        # every rank waits here for the others (rank 0 still validates and writes checkpoints):
+        # a rank that tore down its gloo group while a peer was busy aborted once in CI
+        dc.barrier()
     except (ConfigError, CheckpointError, AnnotationError, ValueError, OSError, FloatingPointError) as e:
         # bad input (the message names the file or key) or a diverged loss: one line, no traceback
         msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}"
