@@ -283,14 +283,15 @@ def step4(dev: torch.device, dry: bool, batches: list[int], rep: Report, compile
 
 def _anet_proposals(dev: torch.device, n: int) -> tuple[Any, torch.Tensor, dict[str, Any]]:
     """The ANet model's proposals for n windows, the dedup keep mask and the Soft-NMS settings."""
-    from spot_core.decode import _dedup, decode_windows
+    from spot_core.decode import decode_windows
+    from spot_core.decode_steps import dedup
 
     setup = _anet(dev, n)
     model, x, dcfg = setup["model"], setup["x"], setup["cfg"].decode
     with torch.no_grad():
         logits, mask = model(x)
         props = decode_windows(logits, mask, dcfg)
-        keep = _dedup(props, logits.shape[-1], logits.shape[1] - 1)
+        keep = dedup(props, logits.shape[-1], logits.shape[1] - 1)
     kw = {"sigma": dcfg.nms_sigma, "max_detections": dcfg.max_detections, "class_aware": dcfg.nms_class_aware}
     return props, keep, kw
 

@@ -37,23 +37,16 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from functools import cache
 from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
+from spot_core import decode_steps as steps
 from spot_core.config import DecodeConfig
-from spot_core.decode import (
-    _first_last,
-    _longest_run,
-    _run_at,
-    _stable_top_indices,
-    _tracing,
-    _window_class,
-    device_constant,
-)
+
+from ._triton import interpret_mode, next_pow2, triton_available, use_triton
 
 __all__ = [
     "MaskProposals",
@@ -100,24 +93,10 @@ def decode_inputs(
     classes, per ``cfg.class_mode``) and scale ``[B]`` (window score; None in snippet mode): the
     arguments :func:`mask_decode` needs to reproduce decode_windows' mask proposals.
     """
-    B, K1, T = logits.shape
-    K = K1 - 1
-    dev = logits.device
-    k = min(cfg.top_k, T)
-    pos = torch.arange(T, device=dev)
-    valid_t = None if valid_len is None else pos[None, :] < valid_len.to(dev).long()[:, None]
-    p = torch.softmax(logits.float(), dim=1)  # p: [B, K+1, T]
-    s = p[:, :K].amax(dim=1)  # s: [B, T]
-    c = p[:, :K].argmax(dim=1)  # c: [B, T]
-    s_rank = s if valid_t is None else torch.where(valid_t, s, float("-inf"))
-    top = _stable_top_indices(s_rank, k)  # top: [B, k]
-    if cfg.class_mode != "window":
-        return top, p, c.gather(1, top), None
-    if video_class is not None and video_score is not None:
-        wc, ws = video_class.to(dev).long(), video_score.to(dev).float()  # [B], [B]
-    else:
-        wc, ws = _window_class(logits, valid_t, K)
-    return top, p, wc[:, None].expand(B, k), ws
+    d = steps.decode_inputs(
+        logits, cfg, video_class=video_class, video_score=video_score, valid_len=valid_len
+    )
+    return d.top, d.p, steps.row_labels(d), d.ws
 
 
 # ------------------------------------------------------------------------------------ reference
@@ -139,66 +118,21 @@ def mask_decode_reference(
     :func:`spot_core.decode.decode_windows` with its own helpers.
     """
     B, _, T = h.shape
-    k = top.shape[1]
-    nm = len(cfg.mask_thresholds)
-    dev = h.device
     top = top.long()
-    pos = torch.arange(T, device=dev)
-    if valid_len is None:
-        valid_t = torch.ones(B, T, dtype=torch.bool, device=dev)
-    else:
-        valid_t = pos[None, :] < valid_len.to(dev).long()[:, None]  # valid_t: [B, T]
+    valid_t = steps.valid_snippets(B, T, valid_len, h.device)  # valid_t: [B, T]
     top_ok = valid_t.gather(1, top)  # top_ok: [B, k]
     rows = torch.sigmoid(torch.einsum("bkh,bhu->bku", w2.float()[top], h.float()))  # rows: [B, k, T]
     if rows_out is not None:
         rows_out.copy_(rows)
-
-    mthr = torch.tensor(cfg.mask_thresholds, dtype=torch.float32, device=dev)  # mthr: [nm]
-    on = (rows[:, :, None, :] > mthr[:, None]) & valid_t[:, None, None, :]  # on: [B, k, nm, T]
-    has, first, last = _first_last(on)  # [B, k, nm] each
-    anchored = cfg.mask_segment == "anchored"
-    if anchored:
-        a, run_len = _run_at(on, top[:, :, None].expand(B, k, nm))
-        has = run_len > 0
-    else:
-        a, run_len = _longest_run(on)  # [B, k, nm]
-    b = a + run_len - 1
-    min_span = math.floor(cfg.min_len_frac * T) + 1
-    ok = has & (b - a >= min_span) & top_ok[:, :, None]  # ok: [B, k, nm]
-    lab = labels.to(dev).long()  # lab: [B, k]
-    p_lab = probs.float().gather(1, lab[:, :, None].expand(B, k, T))  # p_lab: [B, k, T]
-    in_run = (pos >= a[..., None]) & (pos <= b[..., None])  # in_run: [B, k, nm, T]
-    p_max = torch.where(in_run, p_lab[:, :, None, :], float("-inf")).amax(dim=-1)
-    m_mean = torch.where(in_run, rows[:, :, None, :], 0.0).sum(dim=-1) / run_len.clamp(min=1)
-    score = torch.where(ok, p_max * m_mean, 0.0)
-    if scale is not None:
-        score = score * scale.to(dev).float()[:, None, None]
-    seg = torch.stack([a, b + 1] if anchored else [first, last + 1], dim=-1).float()
-    seg = torch.where(ok[..., None], seg, 0.0)  # seg: [B, k, nm, 2]
-    out_lab = torch.where(ok, lab[:, :, None].expand(B, k, nm), 0)
-    return MaskProposals(seg, torch.where(ok, score, 0.0), out_lab, ok)
+    return MaskProposals(*steps.mask_proposals(rows, top, top_ok, valid_t, probs, labels, scale, cfg))
 
 
 # ------------------------------------------------------------------------------------ triton
-@cache
-def triton_available() -> bool:
-    """Whether ``import triton`` works (cached)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 # Set by :func:`_kernel` (triton is imported lazily): ``triton.language`` and the scan's combine
 # function. Triton resolves the names a kernel uses in its module's globals, not in closures, and
 # the interpreter patches ``tl`` there, so both must be module globals.
 tl: Any = None
 _max_combine: Any = None
-
-
-def _interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @cache
@@ -329,10 +263,6 @@ def _kernel(interpret: bool) -> Any:
     return _mask_decode_kernel
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 def _mask_decode_triton(
     h: Tensor,
     w2: Tensor,
@@ -354,12 +284,12 @@ def _mask_decode_triton(
     valid = torch.empty(B, k, nm, dtype=torch.int8, device=dev)
     if B * k == 0 or nm == 0:
         return MaskProposals(seg, score, olab, valid.bool())
-    thr = device_constant(cfg.mask_thresholds, dev)
-    block_t = max(16, _next_pow2(T))
-    block_h = max(1, min(_next_pow2(H), max(16, 4096 // block_t)))  # ~4K fp32 of h per step
+    thr = steps.device_constant(cfg.mask_thresholds, dev)
+    block_t = max(16, next_pow2(T))
+    block_h = max(1, min(next_pow2(H), max(16, 4096 // block_t)))  # ~4K fp32 of h per step
     scale_arg = scale.float().contiguous() if scale is not None else score  # dummy, never read
     vlen_arg = valid_len.long().contiguous() if valid_len is not None else olab  # dummy, never read
-    _kernel(_interpret())[(B * k,)](
+    _kernel(interpret_mode())[(B * k,)](
         h, w2, top, probs, labels, scale_arg, vlen_arg, thr,
         seg, score, olab, valid, rows_out if rows_out is not None else score,
         k, math.floor(cfg.min_len_frac * T) + 1, probs.shape[1],
@@ -429,7 +359,7 @@ def _check(
             f"mask_decode: rows_out must be a contiguous float32 [B, k, T] = {(B, k, T)} tensor on "
             f"{h.device}, got {rows_out.dtype} {tuple(rows_out.shape)} on {rows_out.device}"
         )
-    if not ranges or _tracing() or B == 0:
+    if not ranges or steps.tracing() or B == 0:
         return
     C = probs.shape[1]
     no = h.new_zeros((), dtype=torch.bool)
@@ -495,24 +425,10 @@ def mask_decode(
         RuntimeError: ``backend="triton"`` that cannot run here.
     """
     _check(h, w2, top, probs, cfg, labels, scale, valid_len, rows_out, ranges=check_ranges)
-    if backend == "reference":
-        use_triton = False
-    elif backend == "triton":
-        if not triton_available():
-            raise RuntimeError("mask_decode: backend='triton' but triton is not importable")
-        if h.device.type != "cuda" and not _interpret():
-            raise RuntimeError(
-                f"mask_decode: backend='triton' needs CUDA tensors (got {h.device}); set "
-                "TRITON_INTERPRET=1 to run the kernel on CPU in the Triton interpreter"
-            )
-        use_triton = True
-    elif backend == "auto":
-        use_triton = h.device.type == "cuda" and triton_available()
-        if h.device.type == "cuda" and not use_triton:
-            log.warning("mask_decode: triton is not importable; using the PyTorch reference on CUDA")
-    else:
-        raise ValueError(f"mask_decode: unknown backend {backend!r}; use 'auto', 'triton' or 'reference'")
-    if use_triton:
+    choice = use_triton("mask_decode", backend, h.device)
+    if choice is None:
+        log.warning("mask_decode: triton is not importable; using the PyTorch reference on CUDA")
+    if choice:
         return _mask_decode_triton(h, w2, top, probs, cfg, labels, scale, valid_len, rows_out)
     return mask_decode_reference(
         h, w2, top, probs, cfg, labels=labels, scale=scale, valid_len=valid_len, rows_out=rows_out

@@ -5,11 +5,11 @@ without a host round trip (DESIGN.md section 6).
 
 1. the model's embedding, class logits and the mask head's hidden map ``h [B, H, T]`` (the mask
    itself is never formed);
-2. steps 1-3 of decode (:func:`kernels.mask_decode.decode_inputs`);
+2. steps 1-3 of decode (:func:`spot_core.decode_steps.decode_inputs`);
 3. step 4 in the fused Triton kernel (:func:`kernels.mask_decode.mask_decode`), which also writes
    the k top mask rows ``[B, k, T]`` (k = 10 of T = 100 rows on ANet);
 4. step 5 (class-activation proposals) as vectorised torch ops on those rows
-   (:func:`spot_core.decode.class_proposals`, shared with the reference decode);
+   (:func:`spot_core.decode_steps.class_proposals`, shared with the reference decode);
 5. step 6, deduplication and batched Soft-NMS in its Triton kernel (:func:`kernels.soft_nms.soft_nms`).
 
 Every step is a fixed-size tensor op on the input's device: on CUDA nothing synchronises with the
@@ -30,10 +30,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from kernels.mask_decode import decode_inputs, mask_decode
+from kernels.mask_decode import mask_decode
 from kernels.soft_nms import soft_nms
+from spot_core import decode_steps as steps
 from spot_core.config import DecodeConfig
-from spot_core.decode import Detections, Proposals, _dedup, class_proposals, combine_proposals
+from spot_core.decode import Detections
+from spot_core.decode_steps import Proposals
 from spot_core.model import SPOT
 
 __all__ = ["detect_from_hidden", "fused_detect", "proposals_from_hidden"]
@@ -61,29 +63,18 @@ def proposals_from_hidden(
             f"fused detect: logits [B, K+1, T] and h [B, H, T] must agree on B and T, got "
             f"{tuple(logits.shape)} and {tuple(h.shape)}"
         )
-    B, K1, T = logits.shape
-    K = K1 - 1
+    B, _, T = logits.shape
     dev = logits.device
-    top, p, labels, scale = decode_inputs(
+    d = steps.decode_inputs(
         logits, cfg, video_class=video_class, video_score=video_score, valid_len=valid_len
     )
-    k = top.shape[1]
-    rows = torch.empty(B, k, T, dtype=torch.float32, device=dev)
+    rows = torch.empty(B, d.top.shape[1], T, dtype=torch.float32, device=dev)  # the k top mask rows
     mp = mask_decode(
-        h, w2, top, p, cfg, labels=labels, scale=scale, valid_len=valid_len, rows_out=rows,
+        h, w2, d.top, d.p, cfg, labels=steps.row_labels(d), scale=d.ws, valid_len=valid_len, rows_out=rows,
         backend=backend, check_ranges=dev.type != "cuda",
     )  # fmt: skip
-    s = p[:, :K].amax(dim=1)  # s: [B, T]
-    c = p[:, :K].argmax(dim=1)  # c: [B, T]
-    pos = torch.arange(T, device=dev)
-    if valid_len is None:
-        valid_t = torch.ones(B, T, dtype=torch.bool, device=dev)
-    else:
-        valid_t = pos[None, :] < valid_len.to(dev).long()[:, None]  # valid_t: [B, T]
-    top_ok = valid_t.gather(1, top)  # top_ok: [B, k]
-    wc = labels[:, 0]  # the window class in window mode (unused in snippet mode)
-    cprops = class_proposals(s, c, rows, top, top_ok, valid_t, wc, cfg)
-    return combine_proposals(Proposals(*mp), cprops, scale)
+    cprops = steps.class_proposals(d.s, d.c, rows, d.top, d.top_ok, d.valid_t, d.wc, cfg)
+    return steps.combine_proposals(Proposals(*mp), cprops, d.ws)
 
 
 @torch.no_grad()
@@ -105,7 +96,7 @@ def detect_from_hidden(
         video_class=video_class, video_score=video_score, valid_len=valid_len, backend=backend,
     )  # fmt: skip
     T, K = logits.shape[2], logits.shape[1] - 1
-    keep = _dedup(props, T, K)
+    keep = steps.dedup(props, T, K)
     seg, sc, lab, val, _ = soft_nms(
         props.segments, props.scores, props.labels, keep,
         sigma=cfg.nms_sigma, max_detections=cfg.max_detections, class_aware=cfg.nms_class_aware,

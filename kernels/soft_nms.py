@@ -38,8 +38,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from kernels.mask_decode import _interpret, triton_available
-from spot_core import nms as _ref
+from spot_core import nms as reference
+
+from ._triton import interpret_mode, next_pow2, triton_available, use_triton
 
 __all__ = ["MAX_N", "soft_nms", "soft_nms_op", "triton_available"]
 
@@ -60,7 +61,7 @@ tl: Any = None
 
 @cache
 def _kernel(interpret: bool) -> Any:
-    """Build (once per interpreter mode) the Triton kernel; see :func:`kernels.mask_decode._kernel`."""
+    """Build (once per interpreter mode) the Triton kernel; as in :mod:`kernels.mask_decode`."""
     del interpret  # only the cache key: triton reads the environment itself
     global tl
     import triton
@@ -128,10 +129,6 @@ def _kernel(interpret: bool) -> Any:
     return _soft_nms_kernel
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 def _soft_nms_triton(
     segments: Tensor, scores: Tensor, labels: Tensor, valid: Tensor, sigma: float, D: int, class_aware: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -146,9 +143,9 @@ def _soft_nms_triton(
         return oseg, oscore, olab, ovalid.bool(), oidx
     if N == 0:  # nothing to pick: all padding
         return oseg.zero_(), oscore.zero_(), olab.zero_(), ovalid.zero_().bool(), oidx.fill_(-1)
-    block_n = max(16, _next_pow2(N))
+    block_n = max(16, next_pow2(N))
     valid_i8 = valid.view(torch.int8) if valid.dtype == torch.bool else valid
-    _kernel(_interpret())[(B,)](
+    _kernel(interpret_mode())[(B,)](
         segments, scores, labels, valid_i8,
         oseg, oscore, olab, ovalid, oidx,
         N, 1.0 / float(sigma),
@@ -181,34 +178,20 @@ def soft_nms(
     Returns:
         ``(segments [B, D, 2] float32, scores [B, D], labels [B, D] int64, valid [B, D], index [B, D])``.
     """
-    _ref.check_inputs(segments, scores, labels, valid, sigma, max_detections)
+    reference.check_inputs(segments, scores, labels, valid, sigma, max_detections)
     N = segments.shape[1]
     fits = N <= MAX_N and segments.dtype != torch.float64
-    if backend == "reference":
-        use_triton = False
-    elif backend == "triton":
-        if not triton_available():
-            raise RuntimeError("soft_nms: backend='triton' but triton is not importable")
-        if segments.device.type != "cuda" and not _interpret():
-            raise RuntimeError(
-                f"soft_nms: backend='triton' needs CUDA tensors (got {segments.device}); set "
-                "TRITON_INTERPRET=1 to run the kernel on CPU in the Triton interpreter"
-            )
-        if not fits:
-            raise RuntimeError(
-                f"soft_nms: backend='triton' takes at most MAX_N = {MAX_N} candidates per row and "
-                f"float32/16 segments, got N = {N}, {segments.dtype}; use backend='auto' or 'reference'"
-            )
-        use_triton = True
-    elif backend == "auto":
-        use_triton = segments.device.type == "cuda" and triton_available() and fits
-        if segments.device.type == "cuda" and not triton_available():
-            log.warning("soft_nms: triton is not importable; using the PyTorch reference on CUDA")
-    else:
-        raise ValueError(f"soft_nms: unknown backend {backend!r}; use 'auto', 'triton' or 'reference'")
-    if use_triton:
+    choice = use_triton("soft_nms", backend, segments.device, fits=fits)
+    if choice is None:
+        log.warning("soft_nms: triton is not importable; using the PyTorch reference on CUDA")
+    elif choice and backend == "triton" and not fits:
+        raise RuntimeError(
+            f"soft_nms: backend='triton' takes at most MAX_N = {MAX_N} candidates per row and "
+            f"float32/16 segments, got N = {N}, {segments.dtype}; use backend='auto' or 'reference'"
+        )
+    if choice:
         return _soft_nms_triton(segments, scores, labels, valid, sigma, max_detections, class_aware)
-    return _ref.soft_nms(
+    return reference.soft_nms(
         segments, scores, labels, valid, sigma=sigma, max_detections=max_detections, class_aware=class_aware
     )
 

@@ -41,6 +41,9 @@ length of its run up to every snippet, and ``argmax`` (first maximum) of that pi
 earliest of the longest runs. The test
 ``b - a > min_len_frac * T`` is evaluated in float64 as ``b - a >= floor(min_len_frac * T) + 1``.
 
+Each step is a public function of :mod:`spot_core.decode_steps` (shared with the kernels'
+references and the fused GPU path); :func:`decode_windows` chains them.
+
 :func:`detect` then removes duplicate ``(start, end, label)`` proposals of a window (keeping the
 highest score; equal scores keep the lowest proposal index), runs Gaussian Soft-NMS
 (:mod:`spot_core.nms`) and keeps ``max_detections`` per window. :func:`merge_windows` groups the
@@ -73,8 +76,6 @@ Deviations from the original code (``spot_inference.py``, ``utils/postprocess_ut
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -83,8 +84,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from spot_core.config import DecodeConfig
+from spot_core.decode_steps import (
+    Proposals,
+    class_proposals,
+    combine_proposals,
+    decode_inputs,
+    dedup,
+    mask_proposals,
+    row_labels,
+    tracing,
+)
 from spot_core.nms import soft_nms
-from spot_core.nms import tracing as _tracing
 
 __all__ = [
     "Detections",
@@ -99,15 +109,6 @@ __all__ = [
 ]
 
 RESULTS_VERSION = "VERSION 1.3"
-
-
-class Proposals(NamedTuple):
-    """Fixed-size proposals per window (snippet units, ``[start, end)``)."""
-
-    segments: Tensor  # [B, M, 2] float32
-    scores: Tensor  # [B, M] float32, 0 where invalid
-    labels: Tensor  # [B, M] int64
-    valid: Tensor  # [B, M] bool
 
 
 class Detections(NamedTuple):
@@ -160,7 +161,7 @@ def _check_inputs(
         raise ValueError(f"decode: video_class must be an integer tensor, got {video_class.dtype}")
     if valid_len is not None and valid_len.is_floating_point():
         raise ValueError(f"decode: valid_len must be an integer tensor, got {valid_len.dtype}")
-    if _tracing() or B == 0:
+    if tracing() or B == 0:
         return
     K = K1 - 1
     no = logits.new_zeros((), dtype=torch.bool)
@@ -178,151 +179,6 @@ def _check_inputs(
         raise ValueError(f"decode: video_class must be in [0, K) = [0, {K})")
     if bad[3]:
         raise ValueError(f"decode: valid_len must be in [0, T] = [0, {T}]")
-
-
-def _first_last(on: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(any, first, last)`` on index over the last dim of ``on [..., T]`` (first=T, last=-1 if none)."""
-    T = on.shape[-1]
-    pos = torch.arange(T, device=on.device)
-    first = torch.where(on, pos, T).amin(dim=-1)
-    last = torch.where(on, pos, -1).amax(dim=-1)
-    return on.any(dim=-1), first, last
-
-
-def _longest_run(on: Tensor) -> tuple[Tensor, Tensor]:
-    """Earliest longest run of True over the last dim of ``on [..., T]``: ``(a, length)``.
-
-    The run is ``[a, a + length - 1]``; ``length`` is 0 (and ``a`` is T) where nothing is on.
-    """
-    T = on.shape[-1]
-    pos = torch.arange(T, device=on.device)
-    prev = torch.cat([torch.zeros_like(on[..., :1]), on[..., :-1]], dim=-1)  # prev: [..., T], on at t-1
-    starts = on & ~prev
-    run_id = torch.where(on, torch.cumsum(starts, dim=-1), 0)  # run_id: [..., T], runs 1, 2, ...; 0 = off
-    # Start of the run each snippet belongs to: the run starts sorted in time are the first entries of
-    # sort(where(start, pos, T)), and run r (1-based) starts at entry r - 1. No scatter: TensorRT's
-    # parser rejects ScatterElements with reduction="add".
-    sorted_starts = torch.sort(torch.where(starts, pos, T), dim=-1).values  # [..., T]
-    run_start = sorted_starts.gather(-1, (run_id - 1).clamp(min=0))  # run_start: [..., T]
-    so_far = torch.where(on, pos - run_start + 1, 0)  # so_far: [..., T], length of the run up to t
-    length = so_far.amax(dim=-1)
-    end = so_far.argmax(dim=-1)  # first maximum: the end of the earliest longest run
-    a = torch.where(length > 0, end - length + 1, T)
-    return a, length
-
-
-def _run_at(on: Tensor, at: Tensor) -> tuple[Tensor, Tensor]:
-    """The run of True over the last dim of ``on [..., T]`` that contains index ``at [...]``: ``(a, length)``.
-
-    ``length`` is 0 (and ``a`` is T) where ``on[..., at]`` is False.
-    """
-    T = on.shape[-1]
-    pos = torch.arange(T, device=on.device)
-    prev = torch.cat([torch.zeros_like(on[..., :1]), on[..., :-1]], dim=-1)
-    run_id = torch.where(on, torch.cumsum(on & ~prev, dim=-1), 0)  # run_id: [..., T], 0 = off
-    mine = run_id.gather(-1, at[..., None])  # mine: [..., 1], 0 when the anchor is off
-    in_mine = (run_id == mine) & (mine > 0)
-    return torch.where(in_mine, pos, T).amin(dim=-1), in_mine.sum(dim=-1)
-
-
-def _stable_top_indices(x: Tensor, k: int) -> Tensor:
-    """Indices of the ``k`` largest entries of each row of ``x [B, T]``, descending, ties: lower index first.
-
-    Equal to ``torch.sort(x, dim=1, descending=True, stable=True).indices[:, :k]`` (no NaN), but
-    written as a rank count, ``rank_t = #{u: x_u > x_t} + #{u < t: x_u == x_t}`` over a [B, T, T]
-    comparison and a scatter, because the ONNX exporter has no stable sort and ``TopK`` tie order
-    is not guaranteed by every backend (torch.compile included). Eager calls (nothing traced) use
-    the stable sort itself: same result, O(T log T) instead of O(T^2) per row.
-    """
-    if not _tracing():
-        return torch.sort(x, dim=1, descending=True, stable=True).indices[:, :k]
-    T = x.shape[-1]
-    pos = torch.arange(T, device=x.device)
-    xt, xu = x[:, :, None], x[:, None, :]  # x_t: [B, T, 1], x_u: [B, 1, T]
-    before = (xu > xt) | ((xu == xt) & (pos[None, :] < pos[:, None]))  # before: [B, T(t), T(u)]
-    rank = before.sum(dim=-1)  # rank: [B, T], a permutation of 0..T-1 per row
-    order = torch.zeros_like(rank).scatter(1, rank, pos.expand_as(rank))  # order: [B, T]
-    return order[:, :k]
-
-
-def _window_class(logits: Tensor, valid_t: Tensor | None, K: int) -> tuple[Tensor, Tensor]:
-    """argmax / max of softmax of the time-averaged foreground logits (valid snippets only)."""
-    fg = logits[:, :K].float()  # fg: [B, K, T]
-    if valid_t is None:
-        mean = fg.mean(dim=-1)  # mean: [B, K]
-    else:  # a plain masked sum, not a matmul: no TF32 rounding on GPUs
-        w = valid_t[:, None, :]
-        mean = torch.where(w, fg, 0.0).sum(dim=-1) / valid_t.sum(dim=-1, keepdim=True).clamp(min=1)
-    pw = torch.softmax(mean, dim=-1)  # pw: [B, K]
-    return pw.argmax(dim=-1), pw.amax(dim=-1)
-
-
-# ---------------------------------------------------------------------------------------- decode
-@torch.no_grad()
-def device_constant(values: tuple[float, ...], device: torch.device) -> Tensor:
-    """``torch.tensor(values, float32)`` on ``device``, cached per (values, device) on accelerators
-    outside tracing, so a warmed-up call makes no host-to-device copy (CUDA graph capture)."""
-    if device.type == "cpu" or _tracing():
-        return torch.tensor(values, dtype=torch.float32, device=device)
-    return _device_constant(tuple(values), device)
-
-
-@functools.cache
-def _device_constant(values: tuple[float, ...], device: torch.device) -> Tensor:
-    return torch.tensor(values, dtype=torch.float32, device=device)
-
-
-def class_proposals(
-    s: Tensor,
-    c: Tensor,
-    rows: Tensor,
-    top: Tensor,
-    top_ok: Tensor,
-    valid_t: Tensor,
-    wc: Tensor,
-    cfg: DecodeConfig,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Step 5 (class-activation proposals, before the window score of step 6), ``[B, k, nc]``.
-
-    Args: ``s``/``c`` ``[B, T]`` per-snippet foreground score and class, ``rows`` ``[B, k, T]`` the
-    top rows of the mask (float32), ``top``/``top_ok`` ``[B, k]`` the top snippets and whether they
-    are valid, ``valid_t`` ``[B, T]``, ``wc`` ``[B]`` the window class. Shared by
-    :func:`decode_windows` and the fused GPU path (:mod:`kernels.pipeline`), which computes only the
-    k top rows of the mask.
-
-    Returns ``(segments [B, k, nc, 2], scores, labels, valid)``; invalid entries are not zeroed.
-    """
-    B, k, T = rows.shape
-    nc = len(cfg.class_thresholds)
-    dev = s.device
-    pos = torch.arange(T, device=dev)
-    neg_inf = float("-inf")
-    cthr = device_constant(cfg.class_thresholds, dev)  # cthr: [nc]
-    con = (s[:, None, :] > cthr[:, None]) & valid_t[:, None, :]  # con: [B, nc, T]
-    if cfg.mask_segment == "anchored":  # per top row: the run of ``con`` that contains t -> [B, k, nc]
-        ca, clen = _run_at(con[:, None].expand(B, k, nc, T), top[:, :, None].expand(B, k, nc))
-        cfirst, clast = ca, ca + clen - 1
-        c_ok = (clen > 0) & (clast - cfirst > 1)  # [B, k, nc]
-        in_span = (pos >= cfirst[..., None]) & (pos <= clast[..., None])  # in_span: [B, k, nc, T]
-        s_span = torch.where(in_span, s[:, None, None, :], neg_inf)  # s_span: [B, k, nc, T]
-        row_max = torch.where(in_span, rows[:, :, None, :], neg_inf).amax(dim=-1)  # [B, k, nc]
-    else:  # one span per threshold, shared by every top row
-        chas, cfirst, clast = _first_last(con)  # [B, nc] each
-        c_ok = (chas & (clast - cfirst > 1))[:, None, :].expand(B, k, nc)
-        in_span = (pos >= cfirst[..., None]) & (pos <= clast[..., None])  # in_span: [B, nc, T]
-        s_span = torch.where(in_span, s[:, None, :], neg_inf)[:, None]  # s_span: [B, 1, nc, T]
-        row_max = torch.where(in_span[:, None], rows[:, :, None, :], neg_inf).amax(dim=-1)  # [B, k, nc]
-        cfirst, clast = cfirst[:, None].expand(B, k, nc), clast[:, None].expand(B, k, nc)
-    span_score = s_span.amax(dim=-1).expand(B, k, nc)  # [B, k, nc]
-    cc_ok = c_ok & top_ok[:, :, None]  # [B, k, nc]
-    cc_score = torch.where(cc_ok, span_score * row_max, 0.0)
-    if cfg.class_mode == "window":
-        c_label = wc[:, None, None].expand(B, k, nc)
-    else:
-        best = s_span.argmax(dim=-1).expand(B, k, nc)  # [B, k, nc]: the span's best snippet
-        c_label = c.gather(1, best.reshape(B, k * nc)).reshape(B, k, nc)
-    c_seg = torch.stack([cfirst, clast + 1], dim=-1).float()  # c_seg: [B, k, nc, 2]
-    return c_seg, cc_score, c_label, cc_ok
 
 
 def decode_windows(
@@ -348,119 +204,16 @@ def decode_windows(
         :class:`Proposals` with ``M = num_proposals(cfg, T)`` slots per window.
     """
     _check_inputs(logits, mask, video_class, video_score, valid_len)
-    B, K1, T = logits.shape
-    K = K1 - 1
-    dev = logits.device
-    k = min(cfg.top_k, T)
-    nm = len(cfg.mask_thresholds)
-    window_mode = cfg.class_mode == "window"
-    anchored = cfg.mask_segment == "anchored"
-    pos = torch.arange(T, device=dev)
-    neg_inf = torch.tensor(float("-inf"), device=dev)
-
-    if valid_len is None:
-        valid_t = torch.ones(B, T, dtype=torch.bool, device=dev)
-    else:
-        valid_t = pos[None, :] < valid_len.to(dev).long()[:, None]  # valid_t: [B, T]
-
-    # 1. per-snippet foreground score and class
-    p = torch.softmax(logits.float(), dim=1)  # p: [B, K+1, T]
-    s, c = p[:, :K].max(dim=1)  # s, c: [B, T] (ties: the first maximum, the lowest class)
-
-    # 2. window class
-    if video_class is not None and video_score is not None:
-        wc, ws = video_class.to(dev).long(), video_score.to(dev).float()  # [B], [B]
-    else:
-        wc, ws = _window_class(logits, None if valid_len is None else valid_t, K)
-
-    # 3. top-k snippets, stable: ties keep the lower index
-    s_rank = torch.where(valid_t, s, neg_inf)
-    top = _stable_top_indices(s_rank, k)  # top: [B, k]
-    top_ok = valid_t.gather(1, top)  # top_ok: [B, k]
-    rows = mask.gather(1, top[:, :, None].expand(B, k, T)).float()  # rows: [B, k, T]
-    c_top = c.gather(1, top)  # c_top: [B, k]
-
-    # 4. mask proposals over [B, k, nm, T]
-    mthr = torch.tensor(cfg.mask_thresholds, dtype=torch.float32, device=dev)  # mthr: [nm]
-    on = (rows[:, :, None, :] > mthr[:, None]) & valid_t[:, None, None, :]  # on: [B, k, nm, T]
-    has, first, last = _first_last(on)  # [B, k, nm] each
-    if anchored:  # the run that contains the row's own snippet t (none when t is off)
-        a, run_len = _run_at(on, top[:, :, None].expand(B, k, nm))  # [B, k, nm]
-        has = run_len > 0
-    else:
-        a, run_len = _longest_run(on)  # [B, k, nm]
-    b = a + run_len - 1
-    # b - a > min_len_frac * T for integers b - a, decided in float64 once: b - a >= floor(...) + 1
-    min_span = math.floor(cfg.min_len_frac * T) + 1
-    m_ok = has & (b - a >= min_span) & top_ok[:, :, None]  # m_ok: [B, k, nm]
-    if window_mode:
-        m_label = wc[:, None, None].expand(B, k, nm)
-        p_lab = p.gather(1, wc[:, None, None].expand(B, 1, T))  # p_lab: [B, 1, T]
-    else:
-        m_label = c_top[:, :, None].expand(B, k, nm)
-        p_lab = p.gather(1, c_top[:, :, None].expand(B, k, T))  # p_lab: [B, k, T]
-    in_run = (pos >= a[..., None]) & (pos <= b[..., None])  # in_run: [B, k, nm, T]
-    p_max = torch.where(in_run, p_lab[:, :, None, :], neg_inf).amax(dim=-1)  # [B, k, nm]
-    m_mean = torch.where(in_run, rows[:, :, None, :], 0.0).sum(dim=-1) / run_len.clamp(min=1)
-    m_score = torch.where(m_ok, p_max * m_mean, 0.0)
-    if anchored:
-        m_seg = torch.stack([a, b + 1], dim=-1).float()  # m_seg: [B, k, nm, 2]
-    else:
-        m_seg = torch.stack([first, last + 1], dim=-1).float()  # m_seg: [B, k, nm, 2]
-
-    # 5. class-activation proposals, combined with the k top rows
-    c_seg, cc_score, c_label, cc_ok = class_proposals(s, c, rows, top, top_ok, valid_t, wc, cfg)
-
-    # 6. window score
-    if window_mode:
-        m_score = m_score * ws[:, None, None]
-    mask_props = Proposals(m_seg, m_score, m_label, m_ok)
-    return combine_proposals(mask_props, (c_seg, cc_score, c_label, cc_ok), ws if window_mode else None)
-
-
-def combine_proposals(
-    mask_props: Proposals, class_props: tuple[Tensor, Tensor, Tensor, Tensor], ws: Tensor | None
-) -> Proposals:
-    """Concatenate step-4 (``[B, k, nm]``, scores already scaled) and step-5 (``[B, k, nc]``)
-    proposals into the ``[B, M]`` layout, scaling the class proposals by ``ws`` (step 6, window
-    mode) and zeroing invalid slots."""
-    m_seg, m_score, m_label, m_ok = mask_props
-    c_seg, cc_score, c_label, cc_ok = class_props
-    if ws is not None:
-        cc_score = cc_score * ws[:, None, None]
-    B, k, nm = m_ok.shape
-    nc = cc_ok.shape[2]
-    valid = torch.cat([m_ok.reshape(B, k * nm), cc_ok.reshape(B, k * nc)], dim=1)  # valid: [B, M]
-    segments = torch.cat([m_seg.reshape(B, k * nm, 2), c_seg.reshape(B, k * nc, 2)], dim=1)
-    segments = torch.where(valid[..., None], segments, 0.0)  # segments: [B, M, 2]
-    scores = torch.cat([m_score.reshape(B, k * nm), cc_score.reshape(B, k * nc)], dim=1)
-    labels = torch.cat([m_label.reshape(B, k * nm), c_label.reshape(B, k * nc)], dim=1)
-    labels = torch.where(valid, labels, 0)
-    return Proposals(segments, torch.where(valid, scores, 0.0), labels, valid)
-
-
-def _dedup(props: Proposals, T: int, K: int) -> Tensor:
-    """``valid`` minus proposals that repeat a better ``(start, end, label)`` of the same window.
-
-    The best score is kept; among equal scores the lowest proposal index. Segments are integer
-    snippet indices in ``[0, T]`` and labels are in ``[0, K)``, so ``(start, end, label)`` packs
-    into one int64 key; two stable sorts (score descending, then key) put each key's keeper first
-    in its group. O(M log M) per window instead of an [M, M] comparison.
-    """
-    seg, sc, lab, val = props
-    M = sc.shape[1]
-    idx = torch.arange(M, device=sc.device)
-    key = (seg[..., 0].long() * (T + 1) + seg[..., 1].long()) * K + lab
-    key = torch.where(val, key, -1 - idx)  # key: [B, M], invalid proposals never collide
-    by_score = torch.sort(sc, dim=1, descending=True, stable=True).indices  # ties: lower index first
-    key_s = key.gather(1, by_score)
-    by_key = torch.sort(key_s, dim=1, stable=True).indices
-    order = by_score.gather(1, by_key)  # order: [B, M], grouped by key, best first in each group
-    key_o = key.gather(1, order)
-    first = torch.ones_like(val[:, :1])
-    repeat = ~torch.cat([first, key_o[:, 1:] != key_o[:, :-1]], dim=1)  # not the first of its group
-    dominated = torch.zeros_like(val).scatter(1, order, repeat)  # back to proposal order
-    return val & ~dominated
+    B, _, T = logits.shape
+    # 1-3. per-snippet scores and classes, window class, stable top-k snippets
+    d = decode_inputs(logits, cfg, video_class=video_class, video_score=video_score, valid_len=valid_len)
+    k = d.top.shape[1]
+    rows = mask.gather(1, d.top[:, :, None].expand(B, k, T)).float()  # rows: [B, k, T]
+    # 4. mask proposals (scaled by the window score in window mode), 5. class-activation proposals
+    mprops = mask_proposals(rows, d.top, d.top_ok, d.valid_t, d.p, row_labels(d), d.ws, cfg)
+    cprops = class_proposals(d.s, d.c, rows, d.top, d.top_ok, d.valid_t, d.wc, cfg)
+    # 6. window score on the class proposals, [B, M] layout
+    return combine_proposals(mprops, cprops, d.ws)
 
 
 @torch.no_grad()
@@ -477,7 +230,7 @@ def detect(
     props = decode_windows(
         logits, mask, cfg, video_class=video_class, video_score=video_score, valid_len=valid_len
     )
-    keep = _dedup(props, logits.shape[-1], logits.shape[1] - 1)
+    keep = dedup(props, logits.shape[-1], logits.shape[1] - 1)
     seg, sc, lab, val, _ = soft_nms(
         props.segments,
         props.scores,

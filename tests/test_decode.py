@@ -15,7 +15,6 @@ from spot_core.config import DecodeConfig
 from spot_core.decode import (
     Detections,
     Proposals,
-    _dedup,
     decode_windows,
     detect,
     merge_windows,
@@ -24,6 +23,7 @@ from spot_core.decode import (
     stack_detections,
     to_seconds,
 )
+from spot_core.decode_steps import dedup
 from spot_core.nms import soft_nms_reference
 
 # --------------------------------------------------------------------------- hand-built window
@@ -132,10 +132,10 @@ def test_dedup_keeps_best_then_lowest_index():
     sc = torch.tensor([[0.5, 0.7, 0.7, 0.9, 0.9, 0.95]])
     lab = torch.tensor([[0, 0, 0, 1, 0, 0]])
     val = torch.tensor([[True, True, True, True, True, False]])
-    keep = _dedup(Proposals(seg, sc, lab, val), T=5, K=2)
+    keep = dedup(Proposals(seg, sc, lab, val), T=5, K=2)
     # [1, 4) label 0: 0.5, 0.7, 0.7 -> the first 0.7; label 1 and [2, 4) are unique; 5 is invalid
     assert keep.tolist() == [[False, True, False, True, True, False]]
-    assert _dedup(Proposals(seg[:0], sc[:0], lab[:0], val[:0]), T=5, K=2).shape == (0, 6)
+    assert dedup(Proposals(seg[:0], sc[:0], lab[:0], val[:0]), T=5, K=2).shape == (0, 6)
 
 
 def test_longest_run_tie_earliest_and_holes_filled():
