@@ -41,12 +41,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from runtime.backends import BACKENDS as ALL_BACKENDS
 from runtime.detector import BYTES_PER_DETECTION, StreamDetector
 from runtime.session import CompiledSession, EagerSession, EdgeSession, OnnxSession, Session, SessionError
 from spot_core.config import SpotConfig
 from spot_core.model import SPOT
 
-BACKENDS = ("eager", "compile", "edge", "onnxruntime")
+BACKENDS = tuple(b for b in ALL_BACKENDS if b != "tensorrt")  # what runs without a GPU engine
 
 
 def random_model(preset: str = "anet", seed: int = 0, cls_scale: float = 5.0) -> tuple[SPOT, SpotConfig]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
 import json
 import logging
 import sys
@@ -34,43 +33,50 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from export.graph import INPUT_NAME
-from export.onnx import OnnxModelError, load_onnx, read_onnx_metadata
+from runtime.engine import (
+    INSTALL_HINT,
+    SIDECAR_FORMAT,
+    TRT_MODULES,
+    TrtBuildError,
+    TrtUnavailableError,
+    load_backend,
+    read_engine_metadata,
+    sidecar_path,
+)
+from runtime.engine import TrtModule as Backend
+from runtime.onnx_model import OnnxModelError, load_onnx, read_onnx_metadata
 from spot_core.checkpoint import sha256_file, write_bytes_atomic
 from spot_core.cli import report_error
+from spot_core.graph import INPUT_NAME
 
 log = logging.getLogger(__name__)
 
-SIDECAR_FORMAT = "spot-trt-v1"
-BACKENDS = ("tensorrt", "tensorrt_rtx")  # order of preference
-INSTALL_HINT = (
-    "install TensorRT (pip install tensorrt, NVIDIA GPU machines) or TensorRT-RTX "
-    "(pip install tensorrt-rtx, builds ahead of time without a GPU)"
-)
+# loading engines lives in runtime.engine (re-exported here)
+__all__ = [
+    "INSTALL_HINT",
+    "SIDECAR_FORMAT",
+    "TRT_MODULES",
+    "Backend",
+    "BatchProfile",
+    "TrtBuildError",
+    "TrtUnavailableError",
+    "build_engine",
+    "builder_config",
+    "check_io",
+    "engine_sidecar",
+    "load_backend",
+    "main",
+    "network_io",
+    "onnx_io",
+    "parse_onnx",
+    "read_engine_metadata",
+    "sidecar_path",
+]
+
 # ONNX TensorProto element types and TensorRT DataType names -> numpy-style names
 _ONNX_DTYPES = {1: "float32", 10: "float16", 16: "bfloat16", 6: "int32", 7: "int64", 9: "bool", 2: "uint8"}
 _TRT_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64"}
 _TRT_DTYPES.update({"BOOL": "bool", "UINT8": "uint8", "INT8": "int8"})
-
-
-class TrtUnavailableError(RuntimeError):
-    """Neither ``tensorrt`` nor ``tensorrt_rtx`` can be imported (or the one asked for cannot)."""
-
-
-class TrtBuildError(ValueError):
-    """A build that cannot be done as asked: unsupported option, parser error, failed build."""
-
-
-@dataclass(frozen=True)
-class Backend:
-    """The TensorRT Python module in use: ``module`` is ``tensorrt`` or ``tensorrt_rtx``."""
-
-    name: str
-    module: Any
-
-    @property
-    def version(self) -> str:
-        return str(getattr(self.module, "__version__", "unknown"))
 
 
 @dataclass(frozen=True)
@@ -89,19 +95,6 @@ class BatchProfile:
 
 
 # ------------------------------------------------------------------------------------------- steps
-def load_backend(name: str | None = None) -> Backend:
-    """Import ``name``, or the first importable of :data:`BACKENDS`; :class:`TrtUnavailableError` if none."""
-    if name is not None and name not in BACKENDS:
-        raise TrtBuildError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
-    errors = []
-    for candidate in (name,) if name else BACKENDS:
-        try:
-            return Backend(candidate, importlib.import_module(candidate))
-        except (ImportError, OSError) as e:  # not installed, or its shared libraries fail to load
-            errors.append(f"{candidate}: {e}")
-    raise TrtUnavailableError(f"no TensorRT Python module available ({'; '.join(errors)}); {INSTALL_HINT}")
-
-
 def onnx_io(proto: Any) -> dict[str, list[dict[str, Any]]]:
     """``{"inputs": [...], "outputs": [...]}``, each ``{name, dtype, shape}``; dynamic dims are -1."""
 
@@ -193,27 +186,6 @@ def network_io(network: Any) -> dict[str, list[dict[str, Any]]]:
         "inputs": [desc(network.get_input(i)) for i in range(network.num_inputs)],
         "outputs": [desc(network.get_output(i)) for i in range(network.num_outputs)],
     }
-
-
-def sidecar_path(engine: str | Path) -> Path:
-    """``model.plan`` -> ``model.plan.json``."""
-    engine = Path(engine)
-    return engine.with_name(engine.name + ".json")
-
-
-def read_engine_metadata(engine: str | Path) -> dict[str, Any]:
-    """The sidecar of ``engine``; :class:`OnnxModelError` when missing, unreadable or of another format."""
-    engine = Path(engine)
-    if not engine.is_file():
-        raise OnnxModelError(f"{engine}: engine file not found")
-    side = sidecar_path(engine)
-    try:
-        meta = json.loads(side.read_text())
-    except (OSError, ValueError) as e:
-        raise OnnxModelError(f"{side}: missing or unreadable engine sidecar ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
-        raise OnnxModelError(f"{side}: not a SPOT engine sidecar (expected format {SIDECAR_FORMAT!r})")
-    return meta
 
 
 # ------------------------------------------------------------------------------------------- build
@@ -359,7 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-batch", type=int, default=d.max)
     ap.add_argument("--timing-cache", help="timing cache file, read if present and written back")
     ap.add_argument("--workspace-mib", type=int, default=1024, help="workspace memory pool limit (MiB)")
-    ap.add_argument("--backend", choices=BACKENDS, help="default: tensorrt if installed, else tensorrt_rtx")
+    ap.add_argument(
+        "--backend", choices=TRT_MODULES, help="default: tensorrt if installed, else tensorrt_rtx"
+    )
     ap.add_argument(
         "--compute-capability",
         action="append",

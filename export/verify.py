@@ -3,12 +3,13 @@
     python -m export.verify --checkpoint CKPT [--onnx FILE] [--engine FILE] [--data DIR] [--json OUT] \\
         [--backends NAME,...] [--random N] [--batch-size B] [--seed S]
 
-Backends (one row each, in this order): ``eager`` fp32 (the reference re-run in other batch sizes),
-``eager`` bf16 and fp16 (the model cast with ``.to(dtype)``, as the fp16 ONNX export does),
+Backends (the runners of :mod:`runtime.backends`; one row each, in this order): ``eager`` fp32
+(the reference re-run in other batch sizes), ``eager`` bf16 and fp16 (the model cast with
+``.to(dtype)``, as the fp16 ONNX export does),
 ``eager-autocast`` bf16 and fp16 (the fp32 model under ``torch.autocast``; an op the device lacks
 in a dtype makes that row "skipped" with torch's message), ``edge-cpu`` fp32 and bf16 (the CPU
-edge graph :func:`export.quantize.bf16_cpu_model`, always on the CPU: fp32 checks its layout, bf16
-is the bf16 CPU model), ``compile`` fp32 (:func:`export.compile.compile_inference`, Inductor,
+edge graph :func:`runtime.edge.bf16_cpu_model`, always on the CPU: fp32 checks its layout, bf16
+is the bf16 CPU model), ``compile`` fp32 (:func:`runtime.compiled.compile_inference`, Inductor,
 dynamic batch), ``onnxruntime`` on the ``--onnx`` file with the CPU, CUDA and TensorRT execution
 providers (the row's precision is the file's: fp32, fp16, or int8 for :mod:`export.quantize`
 output), and ``tensorrt`` on the ``--engine`` file (needs a TensorRT runtime module and a CUDA
@@ -70,6 +71,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from runtime.backends import (
+    BACKENDS,
+    ORT_PROVIDERS,
+    BackendUnavailable,
+    Runner,
+    autocast_runner,
+    compile_runner,
+    eager_runner,
+    edge_runner,
+    ort_runner,
+    trt_runner,
+)
 from spot_core.checkpoint import CheckpointError, load_model
 from spot_core.cli import report_error
 from spot_core.config import SpotConfig
@@ -77,8 +90,6 @@ from spot_core.model import SPOT
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "edge", "compile", "onnxruntime", "tensorrt")
-ORT_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
 TOLERANCES = {
     "fp32": {"atol": 1e-5, "rtol": 1e-4},
     "fp16": {"atol": 1e-3, "rtol": 1e-2},
@@ -113,18 +124,11 @@ ROW_KEYS = (
     "map",
     "map_delta",
 )
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-
-Runner = Callable[[Tensor], tuple[Tensor, Tensor]]  # features [B, C, T] fp32 -> logits, mask (fp32, CPU)
 
 
 class VerifyInputError(ValueError):
     """Bad input to :func:`verify`: a missing or mismatched file, an unloadable dataset."""
-
-
-class Unavailable(Exception):
-    """A backend that cannot run here; the message is the row's reason."""
 
 
 # ------------------------------------------------------------------------------------------- rows
@@ -287,123 +291,6 @@ def average_map(logits: Tensor, mask: Tensor, inputs: Inputs, cfg: SpotConfig) -
     return 100.0 * float(res.average_mAP)
 
 
-# ------------------------------------------------------------------------------------------- runners
-def eager_runner(model: SPOT, cfg: SpotConfig, precision: str, device: torch.device) -> Runner:
-    """The model cast to ``precision`` on ``device`` (a copy), fed features in that dtype."""
-    from export.graph import inference_graph
-
-    dtype = _DTYPES[precision]
-    net = inference_graph(model, cfg, dtype=dtype).to(device)
-
-    @torch.no_grad()
-    def run(x: Tensor) -> tuple[Tensor, Tensor]:
-        return net(x.to(device, dtype))
-
-    return run
-
-
-def autocast_runner(model: SPOT, cfg: SpotConfig, precision: str, device: torch.device) -> Runner:
-    """The fp32 model under ``torch.autocast(device, dtype)`` (fp32 features in)."""
-    from export.graph import inference_graph
-
-    dtype = _DTYPES[precision]
-    net = inference_graph(model, cfg).to(device)
-
-    @torch.no_grad()
-    def run(x: Tensor) -> tuple[Tensor, Tensor]:
-        with torch.autocast(device.type, dtype=dtype):
-            return net(x.to(device))
-
-    return run
-
-
-def edge_runner(model: SPOT, cfg: SpotConfig, precision: str) -> Runner:
-    """:func:`export.quantize.bf16_cpu_model` in ``precision`` on the CPU (fp32 features in, fp32 out)."""
-    from export.quantize import bf16_cpu_model
-
-    net = bf16_cpu_model(model, cfg, _DTYPES[precision])
-
-    def run(x: Tensor) -> tuple[Tensor, Tensor]:
-        return net(x.cpu())
-
-    return run
-
-
-def compile_runner(model: SPOT, cfg: SpotConfig, device: torch.device) -> Runner:
-    import copy
-
-    from export.compile import compile_inference
-
-    fn = compile_inference(copy.deepcopy(model).to(device), cfg, mode="default", dynamic=True)
-
-    @torch.no_grad()
-    def run(x: Tensor) -> tuple[Tensor, Tensor]:
-        return fn(x.to(device))
-
-    return run
-
-
-def ort_runner(path: Path, cfg: SpotConfig, provider: str) -> tuple[Runner, str]:
-    """onnxruntime session on ``provider``; ``(runner, precision of the graph)``."""
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise Unavailable(f"onnxruntime is not installed ({e})") from None
-    have = ort.get_available_providers()
-    if provider not in have:
-        raise Unavailable(f"onnxruntime {ort.__version__} has no {provider} (available: {', '.join(have)})")
-    from export.onnx import OnnxRunner
-
-    r = OnnxRunner(path, cfg, providers=[provider])
-    active = r.session.get_providers()
-    if active[0] != provider:  # onnxruntime falls back to the CPU silently when a provider fails
-        raise Unavailable(f"{provider} did not load (session providers: {', '.join(active)})")
-
-    def run(x: Tensor) -> tuple[Tensor, Tensor]:
-        out = r(x, cast=True)
-        return torch.from_numpy(out["logits"]), torch.from_numpy(out["mask"])
-
-    return run, r.meta.get("precision", "fp32")
-
-
-def trt_runner(engine: Path, side: dict[str, Any]) -> tuple[Runner, int]:
-    """A TensorRT execution context on the GPU; ``(runner, max batch of the engine's profile)``."""
-    from export.trt import TrtUnavailableError, load_backend
-
-    if not torch.cuda.is_available():
-        raise Unavailable("no CUDA GPU visible to torch: a TensorRT engine can only run on a GPU")
-    try:
-        be = load_backend(side.get("backend"))
-    except TrtUnavailableError as e:
-        raise Unavailable(str(e)) from None
-    trt = be.module
-    logger = trt.Logger(trt.Logger.WARNING)
-    runtime = trt.Runtime(logger)
-    eng = runtime.deserialize_cuda_engine(engine.read_bytes())
-    if eng is None:
-        raise RuntimeError(f"{engine}: {be.name} {be.version} cannot deserialize the engine")
-    ctx = eng.create_execution_context()
-    tdt = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16}
-
-    def run(x: Tensor) -> tuple[Tensor, Tensor]:
-        xin = x.to("cuda", tdt[eng.get_tensor_dtype("features").name]).contiguous()
-        ctx.set_input_shape("features", tuple(xin.shape))
-        ctx.set_tensor_address("features", xin.data_ptr())
-        outs = []
-        for name in ("logits", "mask"):
-            t = torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=tdt[eng.get_tensor_dtype(name).name])
-            t = t.to("cuda")
-            ctx.set_tensor_address(name, t.data_ptr())
-            outs.append(t)
-        stream = torch.cuda.current_stream()
-        if not ctx.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"{engine}: execute_async_v3 failed")
-        stream.synchronize()
-        return outs[0], outs[1]
-
-    return run, int(side.get("batch_profile", {}).get("max", 1))
-
-
 # ------------------------------------------------------------------------------------------- verify
 class _Reference:
     def __init__(self, model: SPOT, cfg: SpotConfig, inputs: Inputs, batch: int) -> None:
@@ -492,10 +379,6 @@ def _points(delta: float | None) -> str:
     return "not measured" if delta is None else f"{delta:+.3f} points"
 
 
-def _ort_note(provider: str) -> str:
-    return {"CPUExecutionProvider": "cpu", "CUDAExecutionProvider": "cuda"}.get(provider, "tensorrt")
-
-
 @contextlib.contextmanager
 def strict_fp32() -> Iterator[None]:
     """No TF32 in cuBLAS or cuDNN while verifying: an fp32 row is judged by fp32 tolerances, and
@@ -553,7 +436,7 @@ def _verify(
         raise VerifyInputError(str(e)) from None
     onnx_path = Path(onnx) if onnx is not None else None
     if onnx_path is not None:
-        from export.onnx import OnnxModelError, check_onnx_metadata
+        from runtime.onnx_model import OnnxModelError, check_onnx_metadata
 
         try:
             meta = check_onnx_metadata(onnx_path, cfg)
@@ -566,8 +449,8 @@ def _verify(
             )
     engine_path, side = (Path(engine), None) if engine is not None else (None, None)
     if engine_path is not None:
-        from export.onnx import OnnxModelError
-        from export.trt import read_engine_metadata
+        from runtime.engine import read_engine_metadata
+        from runtime.onnx_model import OnnxModelError
 
         try:
             side = read_engine_metadata(engine_path)
@@ -593,7 +476,7 @@ def _verify(
         try:
             runner, bs = make()
             out = run_batched(runner, ref.x, bs)
-        except Unavailable as e:
+        except BackendUnavailable as e:
             rows.append(row(backend, precision, "skipped", str(e)))
             return
         except (RuntimeError, NotImplementedError, TypeError, ValueError) as e:
@@ -618,8 +501,8 @@ def _verify(
     if "compile" in backends:
         attempt("compile", "fp32", lambda: (compile_runner(model, cfg, dev), sizes))
     if "onnxruntime" in backends:
-        for prov in ORT_PROVIDERS:
-            name = f"onnxruntime-{_ort_note(prov)}"
+        for note, prov in ORT_PROVIDERS.items():
+            name = f"onnxruntime-{note}"
             if onnx_path is None:
                 rows.append(row(name, "fp32", "skipped", "no --onnx file given"))
                 continue
@@ -645,7 +528,7 @@ def _verify(
 
 
 def _onnx_precision(path: Path) -> str:
-    from export.onnx import read_onnx_metadata
+    from runtime.onnx_model import read_onnx_metadata
 
     return str(read_onnx_metadata(path).get("precision", "fp32"))
 

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import os
 from functools import cache
+from typing import Literal
 
 import torch
 
-__all__ = ["interpret_mode", "next_pow2", "triton_available", "use_triton"]
+__all__ = ["Backend", "interpret_mode", "next_pow2", "triton_available", "use_triton"]
+
+
+#: a kernel's backend: ``"auto"`` (Triton for CUDA tensors when it imports, else the reference),
+#: ``"triton"`` (the kernel or an error) or ``"reference"`` (the PyTorch reference)
+Backend = Literal["auto", "triton", "reference"]
 
 
 @cache

@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import math
 from functools import cache
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -46,7 +46,7 @@ from torch import Tensor
 from spot_core import decode_steps as steps
 from spot_core.config import DecodeConfig
 
-from ._triton import interpret_mode, next_pow2, triton_available, use_triton
+from ._triton import Backend, interpret_mode, next_pow2, triton_available, use_triton
 
 __all__ = [
     "MaskProposals",
@@ -58,8 +58,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Backend = Literal["auto", "triton", "reference"]
 
 
 class MaskProposals(NamedTuple):

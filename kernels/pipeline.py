@@ -25,11 +25,10 @@ rounding of a threshold; ``detect`` rejects NaN inputs, this path treats NaN mas
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
 
+from kernels._triton import Backend
 from kernels.mask_decode import mask_decode
 from kernels.soft_nms import soft_nms
 from spot_core import decode_steps as steps
@@ -39,8 +38,6 @@ from spot_core.decode_steps import Proposals
 from spot_core.model import SPOT
 
 __all__ = ["detect_from_hidden", "fused_detect", "proposals_from_hidden"]
-
-Backend = Literal["auto", "triton", "reference"]
 
 
 @torch.no_grad()

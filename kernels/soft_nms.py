@@ -33,20 +33,19 @@ from __future__ import annotations
 
 import logging
 from functools import cache
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from spot_core import nms as reference
 
-from ._triton import interpret_mode, next_pow2, triton_available, use_triton
+from ._triton import Backend, interpret_mode, next_pow2, triton_available, use_triton
 
 __all__ = ["MAX_N", "soft_nms", "soft_nms_op", "triton_available"]
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["auto", "triton", "reference"]
 
 # Candidates per row the kernel holds in registers (the next power of two of N). ANet windows have
 # N = 140; per-video merges of long videos can exceed this: those use the reference ("auto") or

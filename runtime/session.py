@@ -5,14 +5,14 @@ A session runs the SPOT heads on windows and decodes them::
     session.forward(x)          # x: [B, C, T] float32 -> (logits [B, K+1, T], mask [B, T, T])
     session.detect(x, valid)    # -> spot_core.decode.Detections [B, D] on the CPU (decode + Soft-NMS)
 
-Backends (:data:`BACKENDS`):
+Backends (:data:`runtime.backends.BACKENDS`; the runners live in :mod:`runtime.backends`):
 
 - ``eager``: the reference, :class:`spot_core.model.SPOT` in eval mode on ``device``;
-- ``compile``: :func:`export.compile.compile_inference` (Inductor, ``fullgraph=True``; static
+- ``compile``: :func:`runtime.compiled.compile_inference` (Inductor, ``fullgraph=True``; static
   shapes when the batch is padded, which is what CUDA graphs need);
-- ``edge``: the bf16 CPU edge model, :func:`export.quantize.bf16_cpu_model` of the checkpoint
+- ``edge``: the bf16 CPU edge model, :func:`runtime.edge.bf16_cpu_model` of the checkpoint
   (oneDNN, AMX where the CPU has it; CPU only; docs/edge.md for its speed and accuracy);
-- ``onnxruntime``: :class:`export.onnx.OnnxRunner` on a heads ONNX export with the CPU, CUDA or
+- ``onnxruntime``: :class:`runtime.onnx_model.OnnxRunner` on a heads ONNX export with the CPU, CUDA or
   TensorRT execution provider (the provider must really load: onnxruntime's silent fallback to the
   CPU is refused);
 - ``tensorrt``: a serialized engine (``python -m export.trt``) with its sidecar, run on a CUDA GPU.
@@ -49,6 +49,15 @@ from spot_core.config import SpotConfig
 from spot_core.decode import Detections, detect
 from spot_core.model import SPOT
 
+from .backends import (
+    BACKENDS,
+    ORT_PROVIDERS,
+    BackendUnavailable,
+    compile_runner,
+    open_onnxruntime,
+    trt_runner,
+)
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -64,12 +73,6 @@ __all__ = [
     "open_session",
 ]
 
-BACKENDS = ("eager", "compile", "edge", "onnxruntime", "tensorrt")
-ORT_PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
 CHECKPOINT_EXTS = (".safetensors",)
 ONNX_EXTS = (".onnx",)
 ENGINE_EXTS = (".plan", ".engine", ".trt")
@@ -232,7 +235,7 @@ class EagerSession(Session):
             raise SessionError(str(e)) from None
 
     def _build(self, model: SPOT, cfg: SpotConfig) -> torch.nn.Module:
-        from export.graph import inference_graph
+        from spot_core.graph import inference_graph
 
         return inference_graph(model, cfg).to(self.device)
 
@@ -241,7 +244,7 @@ class EagerSession(Session):
 
 
 class CompiledSession(Session):
-    """:func:`export.compile.compile_inference` of the model: static shapes when ``pad`` (one compile)."""
+    """:func:`runtime.backends.compile_runner` of the model: static shapes when ``pad`` (one compile)."""
 
     backend = "compile"
 
@@ -256,32 +259,30 @@ class CompiledSession(Session):
         mode: str = "default",
     ) -> None:
         super().__init__(cfg, device=device, batch_size=batch_size, pad=pad)
-        import copy
-
-        from export.compile import CompileError, compile_inference
+        from runtime.compiled import CompileError
 
         try:
-            self.fn = compile_inference(copy.deepcopy(model).to(self.device), cfg, mode=mode, dynamic=not pad)
+            self.fn = compile_runner(model, cfg, self.device, mode=mode, dynamic=not pad)
         except (CompileError, ValueError) as e:
             raise SessionError(str(e)) from None
         self.mode = mode
 
     def _run(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.fn(x.to(self.device))
+        return self.fn(x)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "mode": self.mode}
 
 
 class EdgeSession(EagerSession):
-    """The bf16 CPU edge model (:func:`export.quantize.bf16_cpu_model`) of the checkpoint; CPU only."""
+    """The bf16 CPU edge model (:func:`runtime.edge.bf16_cpu_model`) of the checkpoint; CPU only."""
 
     backend = "edge"
 
     def _build(self, model: SPOT, cfg: SpotConfig) -> torch.nn.Module:
         if self.device.type != "cpu":
             raise SessionError(f"the edge backend runs on the CPU only, not on {self.device}")
-        from export.quantize import bf16_cpu_model
+        from runtime.edge import bf16_cpu_model
 
         return bf16_cpu_model(model, cfg)
 
@@ -293,7 +294,7 @@ class EdgeSession(EagerSession):
 class OnnxSession(Session):
     """onnxruntime on a heads ONNX export; ``provider``: ``cpu``, ``cuda`` or ``tensorrt``.
 
-    The file's metadata is checked against ``cfg`` (:func:`export.onnx.check_onnx_metadata`); a
+    The file's metadata is checked against ``cfg`` (:func:`runtime.onnx_model.check_onnx_metadata`); a
     heads+decode graph and a provider that does not load are refused. fp16 exports get their
     features cast to float16 explicitly.
     """
@@ -311,7 +312,7 @@ class OnnxSession(Session):
         threads: int = 0,
     ) -> None:
         super().__init__(cfg, device="cpu", batch_size=batch_size, pad=pad)
-        from export.onnx import OnnxModelError, OnnxRunner, check_onnx_metadata
+        from runtime.onnx_model import OnnxModelError, check_onnx_metadata
 
         self.path = Path(path)
         if provider not in ORT_PROVIDERS:
@@ -331,19 +332,12 @@ class OnnxSession(Session):
             class_names=meta.get("class_names"),
             graph=meta.get("graph"),
         )
-        import onnxruntime as ort
-
-        want = ORT_PROVIDERS[provider]
-        have = ort.get_available_providers()
-        if want not in have:
-            raise SessionError(f"onnxruntime {ort.__version__} has no {want} (available: {', '.join(have)})")
         try:
-            self.runner = OnnxRunner(self.path, cfg, providers=[want], intra_op_threads=threads)
+            self.runner = open_onnxruntime(self.path, cfg, ORT_PROVIDERS[provider], threads=threads)
         except OnnxModelError as e:
             raise SessionError(str(e)) from None
-        active = self.runner.session.get_providers()
-        if active[0] != want:
-            raise SessionError(f"{self.path}: {want} did not load (session providers: {', '.join(active)})")
+        except BackendUnavailable as e:
+            raise SessionError(f"{self.path}: {e}") from None
         self.provider = provider
         self.precision = meta.get("precision", "fp32")
 
@@ -368,8 +362,8 @@ class TensorRTSession(Session):
 
     def __init__(self, path: str | Path, cfg: SpotConfig, *, batch_size: int = 32, pad: bool = True) -> None:
         super().__init__(cfg, device="cuda", batch_size=batch_size, pad=pad)
-        from export.onnx import OnnxModelError
-        from export.trt import read_engine_metadata
+        from runtime.engine import read_engine_metadata
+        from runtime.onnx_model import OnnxModelError
 
         self.path = Path(path)
         try:
@@ -396,11 +390,9 @@ class TensorRTSession(Session):
             raise SessionError(
                 f"{self.path}: batch_size {batch_size} outside the engine's profile [{lo}, {hi}]"
             )
-        from export.verify import Unavailable, trt_runner
-
         try:
             self.run_engine, _ = trt_runner(self.path, side)
-        except Unavailable as e:
+        except BackendUnavailable as e:
             raise SessionError(f"{self.path}: {e}") from None
         self.precision = str(side.get("precision", "fp32"))
 
@@ -432,7 +424,7 @@ def model_config(path: str | Path) -> SpotConfig:
         if suffix in CHECKPOINT_EXTS:
             return checkpoint_config(path)
         if suffix in ONNX_EXTS:
-            from export.onnx import OnnxModelError, read_onnx_metadata
+            from runtime.onnx_model import OnnxModelError, read_onnx_metadata
 
             try:
                 text = read_onnx_metadata(path).get("config")
@@ -442,8 +434,8 @@ def model_config(path: str | Path) -> SpotConfig:
                 raise SessionError(f"{path}: the ONNX file stores no config; give --config or --preset")
             return SpotConfig.from_dict(yaml.safe_load(text))
         if suffix in ENGINE_EXTS:
-            from export.onnx import OnnxModelError
-            from export.trt import read_engine_metadata
+            from runtime.engine import read_engine_metadata
+            from runtime.onnx_model import OnnxModelError
 
             try:
                 side = read_engine_metadata(path)
