@@ -285,12 +285,12 @@ def actrectut_map(
 ) -> dict[str, Any]:
     """Train on one ActRecTut subject (window mode, :func:`spot_core.actrectut.trained_direction`),
     stream the other subject's test pieces through the runtime in chunks of ``chunks`` snippets, and
-    compare the streamed mAP with the offline mAP (:func:`runtime.detector.streamed_vs_offline_map`).
+    compare the streamed mAP with the offline mAP (:func:`runtime.offline.streamed_vs_offline_map`).
 
     Also reports the package's own offline evaluation (``spot_core.actrectut.evaluate_split``, the
     unpadded batch-64 path) for reference. ``overrides``: config ``--set`` strings (e.g. fewer epochs).
     """
-    from runtime.detector import streamed_vs_offline_map
+    from runtime.offline import streamed_vs_offline_map
     from spot_core.actrectut import evaluate_split, trained_direction
 
     torch.set_num_threads(1)

@@ -20,8 +20,8 @@ and :meth:`close`; 0 runs every window within the call that completed it). The r
 single-threaded: time passes only between calls, so a live server calls :meth:`poll` on a timer.
 
 **Exactness.** The final output of a stream (:meth:`close`) equals the offline output on its whole
-feature sequence (:func:`offline_detect`) bit for bit: same windows, same per-window detections
-(the session's padded batches make them independent of which windows share a batch, see
+feature sequence (:func:`runtime.offline.offline_detect`) bit for bit: same windows, same
+per-window detections (the session's padded batches make them independent of which windows share a batch, see
 :mod:`runtime.session`), then the same :func:`spot_core.decode.merge_windows` call on the same
 tensors and the same :func:`spot_core.decode.results_json`.
 
@@ -57,38 +57,27 @@ call raises :class:`StreamError` with the cause).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from spot_core.config import SpotConfig
 from spot_core.data.windows import window_starts
-from spot_core.decode import Detections, merge_windows, results_json, to_seconds
+from spot_core.decode import Detections, merge_top, pass_through, results_json, to_seconds
 from spot_core.nms import soft_nms
 
 from .session import Session
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "BYTES_PER_DETECTION",
-    "Detection",
-    "merge_top",
-    "pass_through",
-    "StreamDetector",
-    "StreamError",
-    "offline_detect",
-    "offline_windows",
-]
+__all__ = ["BYTES_PER_DETECTION", "Detection", "StreamDetector", "StreamError"]
 
 #: compact storage of one decoded detection kept for the final merge: start, end (int32), score
 #: (float32), label (int32)
@@ -429,8 +418,8 @@ class StreamDetector:
     def close(self, stream_id: str, *, duration: float | None = None) -> list[Detection]:
         """End a stream: run its last (padded) window and every queued window, merge, return the final list.
 
-        The result (``final=True``, score descending) equals :func:`offline_detect` on the stream's
-        whole feature sequence. ``duration`` (seconds) clips segments as
+        The result (``final=True``, score descending) equals :func:`runtime.offline.offline_detect`
+        on the stream's whole feature sequence. ``duration`` (seconds) clips segments as
         :func:`spot_core.decode.results_json` does. A stream with no snippet yields ``[]``.
         """
         return self.close_json(stream_id, duration=duration)[1]
@@ -489,7 +478,8 @@ class StreamDetector:
         dt = torch.tensor([st.sec] * W, dtype=torch.float64)
         seg_sec = to_seconds(seg, t0, dt)  # [W, D, 2] float64
         if W == 1:
-            merged = {st.sid: pass_through(seg_sec[0], sc[0], lab[0], val[0], D)}
+            one = pass_through(seg_sec[:1], sc[:1], lab[:1], val[:1], D)  # [1, D]
+            merged = {st.sid: Detections(*(x[0] for x in one))}
         else:
             merged = {
                 st.sid: merge_top(
@@ -507,235 +497,3 @@ class StreamDetector:
             "queued_windows": sum(j.features.nbytes for j in self._queue),
             "stored_detections": sum(st.stored_bytes() for st in self._streams.values()),
         }
-
-
-# ---------------------------------------------------------------------------------------- merge
-@torch.no_grad()
-def merge_top(
-    seg: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, cfg
-) -> Detections:
-    """:func:`spot_core.decode.merge_windows` of one multi-window video, exactly, on fewer candidates.
-
-    ``seg [N, 2]`` (seconds), ``scores``, ``labels``, ``valid [N]``: every window's detections in
-    window order. merge_windows runs one Soft-NMS over all N and keeps the first D picks. Here the
-    Soft-NMS runs on the K best candidates by original score (K = 4D, then x4 while needed), in
-    their original order, and the result is accepted only with a certificate that it is the same:
-    if the best excluded original score ``m`` is below the D-th emitted score ``e_D``, then at every
-    one of the first D picks every excluded candidate's current score (<= its original <= m) is
-    strictly below the picked one (>= e_D), so the full problem picks the same candidate (ties
-    among the included ones go to the lowest index in both: the order is kept), the included
-    candidates see the same decays in the same order, and the excluded ones decay no one before
-    pick D. Each decay is the same elementwise expression of the same two segments, so the bits
-    agree. Otherwise K grows, up to all N (then it is merge_windows' own computation).
-
-    Why: a long stream has N = windows x D candidates; one Soft-NMS over all of them costs D passes
-    over N, and its per-pick temporaries fragment the heap (measured: +48 MB of peak RSS for a
-    4-hour toy stream). Returns unbatched :class:`Detections` ``[D]`` (segments float64).
-    """
-    D = cfg.max_detections
-    idx = torch.nonzero(valid.bool()).flatten()  # valid candidates, in order
-    n = idx.numel()
-    key = scores.float()[idx]
-    order = idx[torch.sort(key, descending=True, stable=True).indices]  # best original score first
-    K = min(4 * D, n)
-    while True:
-        sel = torch.sort(order[:K]).values  # the K best, back in window order
-        out = soft_nms(
-            seg[sel][None],
-            scores.float()[sel][None],
-            labels.long()[sel][None],
-            torch.ones(1, K, dtype=torch.bool),
-            sigma=cfg.nms_sigma,
-            max_detections=D,
-            class_aware=cfg.nms_class_aware,
-        )
-        if K >= n:
-            break
-        e_D = float(out[1][0, D - 1]) if bool(out[3][0, D - 1]) else -math.inf
-        m = float(scores.float()[order[K]])
-        if m < e_D:
-            break
-        K = min(4 * K, n)
-    o_seg, o_sc, o_lab, o_val, _ = out
-    return Detections(o_seg[0], o_sc[0], o_lab[0], o_val[0])
-
-
-@torch.no_grad()
-def pass_through(
-    seg: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, D: int
-) -> Detections:
-    """:func:`spot_core.decode.merge_windows` of a single-window video, without its Soft-NMS pass.
-
-    merge_windows passes a single window's ``[M]`` rows through: sorted by score (valid first,
-    stable), cut or padded to D, invalid rows zeroed; it also runs (and discards) a Soft-NMS over
-    them, 6 ms a stream on the ANet preset. Same expressions here, on ``[M]`` rows.
-    """
-    M = scores.shape[0]
-    key = torch.where(valid, scores.float(), float("-inf"))
-    order = torch.sort(key, descending=True, stable=True).indices[:D]
-    seg, sc, lab, val = seg[order], scores.float()[order], labels.long()[order], valid.bool()[order]
-    if M < D:
-        seg = F.pad(seg, (0, 0, 0, D - M))
-        sc, lab, val = (F.pad(x, (0, D - M)) for x in (sc, lab, val.long()))
-        val = val.bool()
-    return Detections(
-        torch.where(val[:, None], seg, 0.0), torch.where(val, sc, 0.0), torch.where(val, lab, 0), val
-    )
-
-
-# ---------------------------------------------------------------------------------------- offline
-def offline_windows(
-    cfg: SpotConfig, features: np.ndarray, *, stride: int, snippet_rate: float, video_id: str
-):
-    """The offline windows of a whole feature sequence: :func:`spot_core.data.windows.slide_video`."""
-    from spot_core.data.annotations import Video
-    from spot_core.data.windows import slide_video
-
-    n = int(np.asarray(features).shape[0])
-    video = Video(video_id=video_id, duration=n / snippet_rate, subset="test", labeled=False)
-    wcfg = cfg.replace(data=dataclasses.replace(cfg.data, mode="window", stride=stride))
-    return slide_video(
-        video, features, wcfg, {c: i for i, c in enumerate(cfg.names())}, snippet_rate, targets=False
-    )
-
-
-@torch.no_grad()
-def offline_detect(
-    session: Session,
-    features: np.ndarray,
-    *,
-    stride: int | None = None,
-    snippet_rate: float | None = None,
-    video_id: str = "stream",
-    duration: float | None = None,
-) -> dict[str, Any]:
-    """The package's offline path on one whole feature sequence ``[N, C]``, with any session.
-
-    :func:`spot_core.inference.predict_windows` with the session in place of the model: the
-    sliding windows of :func:`offline_windows`, forward and decode per window, seconds, one
-    :func:`spot_core.decode.merge_windows` per video, :func:`spot_core.decode.results_json`.
-    Returns the ActivityNet result JSON dict.
-    """
-    cfg = session.cfg
-    S = cfg.data.stride if stride is None else stride
-    rate = snippet_rate if snippet_rate is not None else (cfg.data.snippet_rate or 1.0)
-    windows = offline_windows(cfg, features, stride=S, snippet_rate=rate, video_id=video_id)
-    x = torch.from_numpy(np.stack([w.features_ct() for w in windows]))
-    det = session.detect(x, [w.valid for w in windows])
-    t0 = torch.tensor([w.t_start for w in windows], dtype=torch.float64)
-    dt = torch.tensor([w.snippet_sec for w in windows], dtype=torch.float64)
-    merged = merge_windows(
-        [w.video_id for w in windows],
-        to_seconds(det.segments, t0, dt),
-        det.scores,
-        det.labels,
-        det.valid,
-        cfg.decode,
-    )
-    dur = None if duration is None else {video_id: duration}
-    return results_json([video_id], merged, cfg.names(), dur)
-
-
-def stream_all(
-    detector: StreamDetector,
-    streams: Mapping[str, np.ndarray],
-    chunk: int | Sequence[int],
-    *,
-    durations: Mapping[str, float] | None = None,
-    progress: bool = False,
-    errors: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """Stream every ``[N, C]`` sequence of ``streams`` through ``detector`` concurrently (round robin).
-
-    ``chunk``: snippets per push (an int, or a cycle of sizes). Returns the ActivityNet result JSON
-    of the final outputs. With ``errors`` (a dict), a stream that raises :class:`StreamError` is
-    aborted, its message stored under its id, and the other streams go on; without it the error
-    propagates. Used by the CLI and by :func:`streamed_vs_offline_map`.
-    """
-    from tqdm.auto import tqdm
-
-    sizes = [chunk] if isinstance(chunk, int) else list(chunk)
-    if not sizes or min(sizes) < 1:
-        raise ValueError(f"chunk sizes must be >= 1, got {chunk}")
-    pos = dict.fromkeys(streams, 0)
-    k = dict.fromkeys(streams, 0)
-    for sid in streams:
-        detector.open(sid)
-    streams = {sid: np.asarray(f) if not hasattr(f, "shape") else f for sid, f in streams.items()}
-    results: dict[str, list[dict]] = {}
-    total = sum(int(np.asarray(f).shape[0]) for f in streams.values())
-    with tqdm(total=total, desc="stream", unit="snippet", disable=not progress, leave=False) as bar:
-        live = list(streams)
-        while live:
-            nxt = []
-            for sid in live:
-                f = streams[sid]
-                n = sizes[k[sid] % len(sizes)]
-                k[sid] += 1
-                part = f[pos[sid] : pos[sid] + n]
-                try:
-                    detector.push(sid, part)
-                    pos[sid] += part.shape[0]
-                    bar.update(part.shape[0])
-                    if pos[sid] >= f.shape[0]:
-                        dur = None if durations is None else durations.get(sid)
-                        results[sid] = detector.close_json(sid, duration=dur)[0]
-                    else:
-                        nxt.append(sid)
-                except StreamError as e:
-                    if errors is None:
-                        raise
-                    errors[sid] = str(e)
-                    log.error("%s", e)
-                    detector.abort(sid)
-                    bar.update(f.shape[0] - pos[sid])
-            live = nxt
-    return {"version": "VERSION 1.3", "results": results, "external_data": {}}
-
-
-def streamed_vs_offline_map(
-    session: Session,
-    features: Mapping[str, np.ndarray],
-    ground_truth: Any,
-    *,
-    chunks: Iterable[int] = (1, 7, 64),
-    stride: int | None = None,
-    snippet_rate: float | None = None,
-    tious: Sequence[float] | None = None,
-    subset: str | None = None,
-) -> dict[str, Any]:
-    """mAP of the streamed output (one run per chunk size) against the offline output's mAP.
-
-    ``features``: video id -> ``[N, C]``; ``ground_truth``: an :class:`AnnotationSet` holding those
-    videos. Durations for clipping come from the ground truth, as in the demo. Returns
-    ``{"offline": {"average_mAP", "mAP"}, "streamed": {chunk: {...}}, "equal": bool,
-    "identical_detections": bool}``, ``equal`` meaning every streamed mAP equals the offline one exactly.
-    """
-    from spot_core.evaluation import PROTOCOLS, evaluate_detection
-
-    cfg = session.cfg
-    thr = tuple(tious) if tious is not None else PROTOCOLS[cfg.data.protocol]
-    durations = {v: ground_truth.videos[v].duration for v in features}
-    offline = {}
-    for vid, f in features.items():
-        offline.update(
-            offline_detect(
-                session, f, stride=stride, snippet_rate=snippet_rate, video_id=vid, duration=durations[vid]
-            )["results"]
-        )
-    off = evaluate_detection(ground_truth, offline, thr, subset=subset)
-    out: dict[str, Any] = {"offline": _map_dict(off), "streamed": {}, "identical_detections": True}
-    for c in chunks:
-        det = StreamDetector(
-            session, stride=stride, snippet_rate=snippet_rate, max_delay_s=math.inf, preview=False
-        )
-        res = stream_all(det, features, c, durations=durations)["results"]
-        out["streamed"][int(c)] = _map_dict(evaluate_detection(ground_truth, res, thr, subset=subset))
-        out["identical_detections"] &= res == offline
-    out["equal"] = all(v == out["offline"] for v in out["streamed"].values())
-    return out
-
-
-def _map_dict(r: Any) -> dict[str, Any]:
-    d = r.to_dict()
-    return {"average_mAP": d["average_mAP"], "mAP": d["mAP"]}

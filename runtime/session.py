@@ -47,6 +47,7 @@ from torch import Tensor
 from spot_core import __version__
 from spot_core.config import SpotConfig
 from spot_core.decode import Detections, detect
+from spot_core.inference import WindowDetector
 from spot_core.model import SPOT
 
 from .backends import (
@@ -184,18 +185,38 @@ class Session:
         return torch.cat(outs_l), torch.cat(outs_m)
 
     @torch.no_grad()
-    def detect(self, x: Tensor | np.ndarray, valid_len: Tensor | Sequence[int] | None = None) -> Detections:
+    def detect(
+        self,
+        x: Tensor | np.ndarray,
+        valid_len: Tensor | Sequence[int] | None = None,
+        *,
+        video_class: Tensor | None = None,
+        video_score: Tensor | None = None,
+    ) -> Detections:
         """Forward, decode, deduplicate and Soft-NMS each window: :class:`Detections` ``[B, D]`` on the CPU.
 
         ``valid_len [B]``: real snippets per window (the rest is zero padding, masked in decode).
+        ``video_class`` / ``video_score`` ``[B]``: an external window class (decode step 2).
         Segments are window-relative snippet indices ``[start, end)``.
         """
         logits, mask = self.forward(x)
         vl = None
         if valid_len is not None:
             vl = torch.as_tensor(valid_len, dtype=torch.long, device=logits.device).reshape(-1)
-        det = detect(logits, mask, self.cfg.decode, valid_len=vl)
+        if video_class is not None and video_score is not None:
+            video_class, video_score = video_class.to(logits.device), video_score.to(logits.device)
+        det = detect(
+            logits, mask, self.cfg.decode, video_class=video_class, video_score=video_score, valid_len=vl
+        )
         return Detections(*(t.cpu() for t in det))
+
+    def window_detector(self) -> WindowDetector:
+        """This session as the window detector of :func:`spot_core.inference.detect_windows`."""
+
+        def run(x: Tensor, valid_len: Tensor, vcls: Tensor | None, vscore: Tensor | None) -> Detections:
+            return self.detect(x, valid_len, video_class=vcls, video_score=vscore)
+
+        return run
 
     def describe(self) -> dict[str, Any]:
         """What runs: backend, device, batch, padding (for logs and benchmark reports)."""

@@ -38,14 +38,8 @@ from spot_core.cli import report_error
 from spot_core.config import ConfigError
 from spot_core.data.features import FeatureError, load_features
 
-from .detector import (
-    Detection,
-    StreamDetector,
-    StreamError,
-    offline_detect,
-    stream_all,
-    streamed_vs_offline_map,
-)
+from .detector import Detection, StreamDetector, StreamError
+from .offline import offline_detect, stream_all, streamed_vs_offline_map
 from .session import BACKENDS, SessionError, open_session
 
 __all__ = [

@@ -252,7 +252,8 @@ def test_edge_session_is_the_bf16_cpu_model(toy, files):
 @pytest.mark.parametrize("backend", ["onnxruntime", "compile", "edge"])
 def test_other_backends_stream_exactly(toy, files, backend):
     """Padded onnxruntime / compiled / edge sessions are batch-invariant too: streamed == offline."""
-    from runtime.detector import StreamDetector, offline_detect
+    from runtime.detector import StreamDetector
+    from runtime.offline import offline_detect
 
     model, cfg = toy
     s = open_session(

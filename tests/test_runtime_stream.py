@@ -12,19 +12,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.detector import (
-    StreamDetector,
-    StreamError,
-    merge_top,
-    offline_detect,
-    offline_windows,
-    pass_through,
-    stream_all,
-    streamed_vs_offline_map,
-)
+from runtime.detector import StreamDetector, StreamError
+from runtime.offline import offline_detect, offline_windows, stream_all, streamed_vs_offline_map
 from runtime.session import EagerSession
 from spot_core.config import SpotConfig
-from spot_core.decode import merge_windows
+from spot_core.decode import merge_top, merge_windows, pass_through
 from spot_core.inference import predict_windows
 from spot_core.model import SPOT
 
@@ -361,6 +353,6 @@ def test_pass_through_equals_merge_windows_single_window():
         lab = torch.randint(0, 6, (1, M), generator=g)
         val = torch.rand(1, M, generator=g) > 0.3
         want = merge_windows(["v"], seg, sc, lab, val, dec)["v"]
-        got = pass_through(seg[0], sc[0], lab[0], val[0], dec.max_detections)
+        got = [x[0] for x in pass_through(seg, sc, lab, val, dec.max_detections)]
         for a, b in zip(got, want, strict=True):
             assert a.dtype == b.dtype and torch.equal(a, b)
