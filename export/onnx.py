@@ -50,9 +50,10 @@ from runtime.onnx_model import (
 )
 from spot_core import __version__
 from spot_core.checkpoint import CheckpointError, load_model
-from spot_core.cli import report_error
+from spot_core.cli import report_error, setup_logging
 from spot_core.config import ConfigError, SpotConfig
 from spot_core.decode import num_proposals
+from spot_core.errors import SpotError
 from spot_core.graph import INPUT_NAME, inference_graph, output_names
 from spot_core.model import SPOT
 
@@ -76,7 +77,7 @@ MIN_OPSET = 18
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 
 
-class OnnxExportError(ValueError):
+class OnnxExportError(SpotError, ValueError):
     """An ONNX export that cannot be done as asked (opset, precision, shapes)."""
 
 
@@ -213,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Export; prints the output path. Bad input: one line ``error: ...`` and exit status 2."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    setup_logging(0)
     try:
         cfg = None
         if args.config or args.preset:

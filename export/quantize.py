@@ -59,8 +59,9 @@ import numpy as np
 from export.onnx import FORMAT, OnnxModelError, load_onnx, read_onnx_metadata, save_proto
 from runtime.edge import EDGE_CHUNK, EdgeGraph, bf16_cpu_model
 from spot_core.checkpoint import sha256_file
-from spot_core.cli import report_error
+from spot_core.cli import report_error, setup_logging
 from spot_core.config import ConfigError, SpotConfig
+from spot_core.errors import SpotError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ DYNAMIC_OPS = ("MatMul",)
 STATIC_OPS = ("MatMul", "Conv")
 
 
-class QuantizeError(ValueError):
+class QuantizeError(SpotError, ValueError):
     """A quantization request that cannot be done: bad input file, wrong graph, bad calibration data."""
 
 
@@ -276,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Quantize; prints the output path. Bad input: one line ``error: ...`` and exit status 2."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    setup_logging(0)
     try:
         out = quantize_onnx(
             args.onnx,

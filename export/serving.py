@@ -31,7 +31,8 @@ from typing import Any
 
 from export.onnx import OnnxModelError, load_onnx, read_onnx_metadata
 from export.trt import check_io, onnx_io, read_engine_metadata
-from spot_core.cli import report_error
+from spot_core.cli import report_error, setup_logging
+from spot_core.errors import SpotError
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ TRITON_DTYPES = {
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
-class ServingError(ValueError):
+class ServingError(SpotError, ValueError):
     """A model repository that cannot be written as asked."""
 
 
@@ -208,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the repository; prints the model folder. Bad input: one line ``error: ...``, status 2."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    setup_logging(0)
     try:
         opts = ServingOptions(
             max_batch_size=args.max_batch_size,

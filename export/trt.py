@@ -46,7 +46,7 @@ from runtime.engine import (
 from runtime.engine import TrtModule as Backend
 from runtime.onnx_model import OnnxModelError, load_onnx, read_onnx_metadata
 from spot_core.checkpoint import sha256_file, write_bytes_atomic
-from spot_core.cli import report_error
+from spot_core.cli import report_error, setup_logging
 from spot_core.graph import INPUT_NAME
 
 log = logging.getLogger(__name__)
@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Build; prints the engine path. Bad input or no TensorRT: one line ``error: ...``, status 2."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    setup_logging(0)
     try:
         out = build_engine(
             args.onnx,

@@ -84,8 +84,9 @@ from runtime.backends import (
     trt_runner,
 )
 from spot_core.checkpoint import CheckpointError, load_model
-from spot_core.cli import report_error
+from spot_core.cli import report_error, setup_logging
 from spot_core.config import SpotConfig
+from spot_core.errors import SpotError
 from spot_core.model import SPOT
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ ROW_KEYS = (
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
-class VerifyInputError(ValueError):
+class VerifyInputError(SpotError, ValueError):
     """Bad input to :func:`verify`: a missing or mismatched file, an unloadable dataset."""
 
 
@@ -591,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the table (and write ``--json``); exit 1 if a row failed, 2 on bad input."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    setup_logging(0)
     try:
         rows = verify(
             args.checkpoint,

@@ -46,12 +46,13 @@ import torch
 from tqdm import tqdm
 
 from spot_core.checkpoint import CheckpointError, load_model, sha256_file, write_bytes_atomic
-from spot_core.cli import report_error
+from spot_core.cli import report_error, setup_logging
 from spot_core.config import SpotConfig
 from spot_core.data.annotations import AnnotationSet, Video
 from spot_core.data.features import FEATURE_EXTS, FeatureError, FeatureStore
 from spot_core.data.windows import make_windows
 from spot_core.decode import RESULTS_VERSION
+from spot_core.errors import SpotError
 from spot_core.inference import predict_windows
 
 __all__ = ["BatchError", "Shard", "detect_corpus", "main", "plan_shards", "read_shard"]
@@ -60,7 +61,7 @@ log = logging.getLogger("runtime.batch")
 SHARD_FORMAT = "spot-batch-shard/1"
 
 
-class BatchError(ValueError):
+class BatchError(SpotError, ValueError):
     """Bad input or an output folder that cannot be used."""
 
 
@@ -284,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    setup_logging(1)
     try:
         dest = detect_corpus(
             args.model, args.features, args.out, ext=args.ext, annotations=args.annotations,

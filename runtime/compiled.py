@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from spot_core.config import SpotConfig
+from spot_core.errors import SpotError
 from spot_core.graph import inference_graph
 from spot_core.model import SPOT
 
@@ -34,7 +35,7 @@ MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotu
 CUDAGRAPH_MODES = frozenset({"reduce-overhead", "max-autotune"})
 
 
-class CompileError(ValueError):
+class CompileError(SpotError, ValueError):
     """An unsupported torch.compile setting for this model or device."""
 
 

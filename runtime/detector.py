@@ -71,6 +71,7 @@ import torch
 from spot_core.config import SpotConfig
 from spot_core.data.windows import window_starts
 from spot_core.decode import Detections, merge_top, pass_through, results_json, to_seconds
+from spot_core.errors import SpotError
 from spot_core.nms import soft_nms
 
 from .session import Session
@@ -86,7 +87,7 @@ BYTES_PER_DETECTION = 16
 CLOSED_IDS_KEPT = 10_000
 
 
-class StreamError(ValueError):
+class StreamError(SpotError, ValueError):
     """Bad input or state of one stream; ``stream_id`` and (for chunks) ``offset`` name where."""
 
     def __init__(self, stream_id: str, message: str, offset: int | None = None) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.onnx_model import OnnxModelError
+from spot_core.errors import SpotError
 
 __all__ = [
     "INSTALL_HINT",
@@ -33,11 +34,11 @@ INSTALL_HINT = (
 )
 
 
-class TrtUnavailableError(RuntimeError):
+class TrtUnavailableError(SpotError, RuntimeError):
     """Neither ``tensorrt`` nor ``tensorrt_rtx`` can be imported (or the one asked for cannot)."""
 
 
-class TrtBuildError(ValueError):
+class TrtBuildError(SpotError, ValueError):
     """A build that cannot be done as asked: unsupported option, parser error, failed build."""
 
 

@@ -14,6 +14,7 @@ import torch
 from spot_core import __version__
 from spot_core.config import ConfigError, SpotConfig
 from spot_core.decode import num_proposals
+from spot_core.errors import SpotError
 
 __all__ = [
     "FORMAT",
@@ -38,7 +39,7 @@ GRAPH_DECODE_FIELDS = (
 _NP_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 
 
-class OnnxModelError(ValueError):
+class OnnxModelError(SpotError, ValueError):
     """An ONNX file that is missing, corrupt, not a SPOT export, or does not match the config."""
 
 

@@ -47,6 +47,7 @@ from torch import Tensor
 from spot_core import __version__
 from spot_core.config import SpotConfig
 from spot_core.decode import Detections, detect
+from spot_core.errors import SpotError
 from spot_core.inference import WindowDetector
 from spot_core.model import SPOT
 
@@ -79,7 +80,7 @@ ONNX_EXTS = (".onnx",)
 ENGINE_EXTS = (".plan", ".engine", ".trt")
 
 
-class SessionError(ValueError):
+class SessionError(SpotError, ValueError):
     """A model file that cannot be used, or does not match the runtime config. The message names it."""
 
 

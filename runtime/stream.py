@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spot_core.cli import report_error
+from spot_core.cli import report_error, setup_logging
 from spot_core.config import ConfigError
 from spot_core.data.features import FeatureError, load_features
 
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run :func:`run_files`; prints a summary line per stream. Bad input: ``error: ...``, status 2."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    setup_logging(0)
     try:
         if args.chunk < 1 or args.batch_size < 1:
             raise ValueError("--chunk and --batch-size must be >= 1")

@@ -28,13 +28,14 @@ from safetensors.torch import load_file, save_file
 
 from . import __version__
 from .config import ConfigError, SpotConfig
+from .errors import SpotError
 from .model import SPOT
 
 FORMAT = "spot-checkpoint-v1"
 STATE_FORMAT = "spot-train-state-v2"  # serialized state bytes + their sha256
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SpotError, ValueError):
     """A checkpoint file is missing, corrupt or does not match the configuration."""
 
 

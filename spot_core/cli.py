@@ -40,9 +40,19 @@ def config_from_args(args: argparse.Namespace) -> SpotConfig:
     return cfg.override(args.overrides)
 
 
-def setup_logging(verbose: bool = False) -> None:
+LOG_LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)
+
+
+def setup_logging(verbosity: int | bool = 1) -> None:
+    """The one logging setup of every CLI: ``verbosity`` 0 warnings only, 1 info, 2 (or more) debug.
+
+    A bool is the old ``--verbose`` flag: True means debug, False info. Messages go to stderr as
+    ``HH:MM:SS LEVEL logger: message``.
+    """
+    if isinstance(verbosity, bool):
+        verbosity = 2 if verbosity else 1
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=LOG_LEVELS[min(max(verbosity, 0), len(LOG_LEVELS) - 1)],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 
-from spot_core.cli import report_error
+from spot_core.cli import report_error, setup_logging
 from spot_core.evaluation import (
     PROTOCOLS,
     EvaluationError,
@@ -55,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    setup_logging(0)
     try:
         gt = load_ground_truth(args.gt, video_info=args.video_info, subset=args.subset)
         preds = load_predictions(args.pred)

@@ -57,6 +57,8 @@ import numpy as np
 
 from spot_core.data.annotations import AnnotationSet, Instance, Video
 
+from .errors import SpotError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -79,7 +81,7 @@ PROTOCOLS: dict[str, tuple[float, ...]] = {
 }
 
 
-class EvaluationError(ValueError):
+class EvaluationError(SpotError, ValueError):
     """Ground truth or predictions that cannot be evaluated. The message names the file and the problem."""
 
 

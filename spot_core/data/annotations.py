@@ -30,6 +30,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from spot_core.errors import SpotError
+
 logger = logging.getLogger(__name__)
 
 #: subsets that count as training data (the semi-supervised split spells the unlabeled part
@@ -41,7 +43,7 @@ PathLike = str | Path
 ClassNames = Sequence[str] | PathLike | None
 
 
-class AnnotationError(ValueError):
+class AnnotationError(SpotError, ValueError):
     """An annotation file is missing, malformed or inconsistent. The message names the file."""
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spot_core.errors import SpotError
+
 from .annotations import Video
 
 logger = logging.getLogger(__name__)
@@ -27,7 +29,7 @@ logger = logging.getLogger(__name__)
 FEATURE_EXTS = ("npy", "csv")
 
 
-class FeatureError(ValueError):
+class FeatureError(SpotError, ValueError):
     """A feature file is missing or unusable. The message names the file."""
 
 
