@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
-def _pct(xs: Sequence[float], q: float) -> float:
+def percentile(xs: Sequence[float], q: float) -> float:
     s = sorted(xs)
     i = min(len(s) - 1, max(0, round(q * (len(s) - 1))))
     return s[i]
@@ -102,8 +102,8 @@ def run_compare(
         med = statistics.median(xs)
         results[name] = {
             "ms_per_video_median": med,
-            "ms_per_video_p10": _pct(xs, 0.1),
-            "ms_per_video_p90": _pct(xs, 0.9),
+            "ms_per_video_p10": percentile(xs, 0.1),
+            "ms_per_video_p90": percentile(xs, 0.9),
             "videos_per_s": 1e3 / med,
             "snippets_per_s": 1e3 * T / med,
             "batch": cases[name][1],

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmarks.common import BATCH_SIZES, Bench, decode_only, device_info, make_bench
-from benchmarks.compare import _pct, default_label
+from benchmarks.compare import default_label, percentile
 from benchmarks.original_pipeline import original_detect_video
 from spot_core.config import ModelConfig
 from spot_core.inference import predict_windows
@@ -212,8 +212,8 @@ def run_threads(
         med = statistics.median(xs)
         res[name] = {
             "ms_per_video_median": med,
-            "ms_per_video_p10": _pct(xs, 0.1),
-            "ms_per_video_p90": _pct(xs, 0.9),
+            "ms_per_video_p10": percentile(xs, 0.1),
+            "ms_per_video_p90": percentile(xs, 0.9),
             "videos_per_s": 1e3 / med,
             # the original's time over this case's in the same round, median over rounds: robust to
             # load drift on a shared machine (both ran within seconds of each other)
