@@ -349,7 +349,10 @@ def trained_direction(
 
 
 def _train_stride(cfg: SpotConfig) -> int:
-    """Default training-window stride: an eighth of the window (denser than inference, like random crops)."""
+    """Training-window stride: ``data.train_stride`` when set, else an eighth of the window (denser
+    than inference, like random crops)."""
+    if cfg.data.train_stride is not None:
+        return cfg.data.train_stride
     return max(1, cfg.model.num_snippets // 8)
 
 

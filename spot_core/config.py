@@ -35,10 +35,31 @@ class ModelConfig:
     attn_dropout: float = 0.1
     embed_dropout: float = 0.3
     pretext_dropout: float = 0.5
+    # backbone (spot_core/model.py): "spot" (the original block, bit for bit), "local" (conv stem +
+    # local windowed self-attention with relative position bias), "conv" (conv stem + depthwise conv
+    # blocks; the CPU-edge variant)
+    backbone: str = "spot"
+    hidden_dim: int = 128  # E of the local / conv backbones (the spot backbone keeps E = C)
+    stem_layers: int = 2  # conv k=3 + LayerNorm + ReLU layers before the blocks
+    num_layers: int = 3  # attention (local) or conv (conv) blocks
+    attn_window: int = 8  # local attention: snippet t sees |j - t| <= attn_window
+    conv_kernel: int = 5  # conv backbone: depthwise kernel size (odd)
+    mlp_ratio: int = 2
+    input_dropout: float = 0.0  # dropout on the input features (local / conv backbones)
+    abs_pos: bool = False  # add a sinusoidal absolute position code after the stem
+    cls_head: str = "linear"  # "linear": 1x1 conv (original); "conv": head_layers x conv k=3 then conv k=3
+    head_layers: int = 2
+    mask_head: str = "spot"  # "spot": 1x1 conv to T absolute columns (original); "pairwise": q.k + b(j-t)
+    mask_dim: int = 32  # pairwise head: width dq of the queries and keys
 
     @property
     def d_head(self) -> int:
         return self.feat_dim if self.head_dim is None else self.head_dim
+
+    @property
+    def embed_dim(self) -> int:
+        """E, the channels of the snippet embedding: C for the ``spot`` backbone, else ``hidden_dim``."""
+        return self.feat_dim if self.backbone == "spot" else self.hidden_dim
 
 
 @dataclass(frozen=True)
@@ -47,6 +68,9 @@ class DataConfig:
 
     mode: str = "rescale"  # "rescale": whole video -> T snippets; "window": native rate, length T
     stride: int = 50  # window mode: step between window starts, in snippets
+    # window mode: stride of the *training* windows (None: stride). 1 = every crop offset, so
+    # shuffled batches are random crops of the training streams
+    train_stride: int | None = None
     snippet_rate: float | None = None  # window mode: snippets per second (None: read from the dataset)
     trim_targets: bool = False  # trim one snippet off each end of every instance (original SPOT)
     min_inside: float = 0.5  # window mode: keep a clipped instance if this fraction lies inside
@@ -62,6 +86,7 @@ class LossConfig:
     focal_gamma: float = 2.0
     mask_bce_weight: float = 0.4
     mask_dice_weight: float = 0.6
+    label_smoothing: float = 0.0  # of the classification targets (labelled and pseudo-labels)
 
 
 @dataclass(frozen=True)
@@ -82,6 +107,14 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     # "bf16": forward passes and losses under torch.autocast(bfloat16) (weights and optimiser in fp32)
     autocast: str = "off"
+    # exponential moving average of the weights (decay per optimiser step; None: off). The average is
+    # what validation and the saved checkpoints use. Match it to the run's length: 0.999 averages
+    # over ~1,000 steps and stays near the initialisation in a run of a few hundred
+    ema_decay: float | None = None
+    optimizer: str = "adam"  # "adam" (L2 weight decay, original) or "adamw" (decoupled)
+    # time-warp augmentation of labelled training windows: resample each window by a random factor
+    # in [1 - time_warp, 1 + time_warp] (0: off); a speed change, as between two people
+    time_warp: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -347,11 +380,46 @@ def validate(cfg: SpotConfig) -> None:
         raise ConfigError(f"train.steps_per_epoch must be >= 1 or null, got {tr.steps_per_epoch}")
     if tr.autocast not in ("off", "bf16"):
         raise ConfigError(f"train.autocast must be 'off' or 'bf16', got {tr.autocast!r}")
+    if tr.ema_decay is not None and not 0.0 < tr.ema_decay < 1.0:
+        raise ConfigError(f"train.ema_decay must be in (0, 1) or null, got {tr.ema_decay}")
+    if not 0.0 <= cfg.loss.label_smoothing < 1.0:
+        raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {cfg.loss.label_smoothing}")
+    if tr.optimizer not in ("adam", "adamw"):
+        raise ConfigError(f"train.optimizer must be 'adam' or 'adamw', got {tr.optimizer!r}")
+    if not 0.0 <= tr.time_warp < 1.0:
+        raise ConfigError(f"train.time_warp must be in [0, 1), got {tr.time_warp}")
+    if dc.train_stride is not None and dc.train_stride < 1:
+        raise ConfigError(f"data.train_stride must be >= 1 or null, got {dc.train_stride}")
+    _validate_backbone(m)
     _validate_semi(cfg.semi)
     if cfg.class_names and len(cfg.class_names) != m.num_classes:
         raise ConfigError(
             f"class_names has {len(cfg.class_names)} names but model.num_classes is {m.num_classes}"
         )
+
+
+def _validate_backbone(m: ModelConfig) -> None:
+    from .model import BACKBONES, MASK_HEADS  # the names live with the modules they select
+
+    if m.backbone not in BACKBONES:
+        raise ConfigError(f"model.backbone must be one of {list(BACKBONES)}, got {m.backbone!r}")
+    if m.mask_head not in MASK_HEADS:
+        raise ConfigError(f"model.mask_head must be one of {list(MASK_HEADS)}, got {m.mask_head!r}")
+    if m.cls_head not in ("linear", "conv"):
+        raise ConfigError(f"model.cls_head must be 'linear' or 'conv', got {m.cls_head!r}")
+    for name in ("hidden_dim", "stem_layers", "num_layers", "mlp_ratio", "head_layers", "mask_dim"):
+        if getattr(m, name) < 1:
+            raise ConfigError(f"model.{name} must be >= 1, got {getattr(m, name)}")
+    if m.attn_window < 0:
+        raise ConfigError(f"model.attn_window must be >= 0, got {m.attn_window}")
+    if m.conv_kernel < 1 or m.conv_kernel % 2 == 0:
+        raise ConfigError(f"model.conv_kernel must be odd and >= 1, got {m.conv_kernel}")
+    if m.backbone == "local" and m.hidden_dim % m.num_heads:
+        raise ConfigError(
+            f"model.hidden_dim ({m.hidden_dim}) must be a multiple of model.num_heads ({m.num_heads})"
+        )
+    if not 0.0 <= m.input_dropout < 1.0:
+        raise ConfigError(f"model.input_dropout must be in [0, 1), got {m.input_dropout}")
 
 
 def _validate_semi(s: SemiConfig) -> None:

@@ -19,14 +19,22 @@ from .config import LossConfig
 
 
 def focal_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, gamma: float = 2.0
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    gamma: float = 2.0,
+    smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Focal-modulated cross entropy over K+1 classes.
 
-    logits: [B, K+1, T], target: [B, T] long (K = background), valid: [B, T] bool.
+    logits: [B, K+1, T], target: [B, T] long (K = background), valid: [B, T] bool. The modulation
+    ``(1 - p_target)^gamma`` uses the hard target's probability; ``smoothing`` > 0 spreads that much
+    of the target mass uniformly over the K+1 classes in the cross entropy (label smoothing).
     """
     ce = F.cross_entropy(logits.float(), target, reduction="none")  # [B, T]
     pt = torch.exp(-ce)
+    if smoothing > 0.0:
+        ce = F.cross_entropy(logits.float(), target, reduction="none", label_smoothing=smoothing)
     loss = (1.0 - pt).pow(gamma) * ce
     if valid is None:
         return loss.mean()
@@ -90,7 +98,7 @@ def supervised_loss(
     cfg: LossConfig,
 ) -> dict[str, torch.Tensor]:
     """The labelled-window loss. Returns ``{"loss", "cls", "mask"}`` (scalars)."""
-    cls = focal_cross_entropy(out["logits"], cls_target, valid, cfg.focal_gamma)
+    cls = focal_cross_entropy(out["logits"], cls_target, valid, cfg.focal_gamma, cfg.label_smoothing)
     msk = mask_loss(out["mask"], mask_target, valid, cfg)
     return {"loss": cfg.cls_weight * cls + msk, "cls": cls.detach(), "mask": msk.detach()}
 
@@ -134,7 +142,7 @@ def unlabeled_loss(
     """
     src = out if teacher is None else teacher
     cls_t, keep, mask_t = pseudo_targets(src, valid, cls_threshold, mask_threshold)
-    cls = focal_cross_entropy(out["logits"], cls_t, keep, cfg.focal_gamma)
+    cls = focal_cross_entropy(out["logits"], cls_t, keep, cfg.focal_gamma, cfg.label_smoothing)
     msk = mask_loss(out["mask"], mask_t, valid, cfg)
     n_real = keep.numel() if valid is None else valid.sum().clamp_min(1)
     confident = keep.sum() / n_real

@@ -53,6 +53,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
+from .augment import attach_ema, time_warp
 from .checkpoint import CheckpointError, load_train_state, save_model, save_train_state
 from .config import SemiConfig, SpotConfig
 from .data.annotations import AnnotationSet, apply_split_file, split_labels
@@ -88,6 +89,18 @@ def epoch_seed(seed: int, epoch: int) -> int:
 # total number of epochs (e.g. cosine) is ever added, train.epochs must leave this set.
 RESUME_MAY_CHANGE = ("train.epochs",)
 
+# config keys added after resume states were first written: left out of the resume hash at their
+# defaults, so those states still resume
+_ADDED_LATER = {
+    "model": (
+        "backbone", "hidden_dim", "stem_layers", "num_layers", "attn_window", "conv_kernel", "mlp_ratio",
+        "input_dropout", "abs_pos", "cls_head", "head_layers", "mask_head", "mask_dim",
+    ),
+    "data": ("train_stride",),
+    "train": ("ema_decay", "optimizer", "time_warp"),
+    "loss": ("label_smoothing",),
+}  # fmt: skip
+
 
 def _resume_config(cfg: SpotConfig) -> dict:
     """The config as a dict with the keys of :data:`RESUME_MAY_CHANGE` removed (and the ``semi``
@@ -99,6 +112,11 @@ def _resume_config(cfg: SpotConfig) -> dict:
         d["train"].pop("steps_per_epoch", None)
     if cfg.train.autocast == "off":  # likewise
         d["train"].pop("autocast", None)
+    for section, keys in _ADDED_LATER.items():  # likewise, at their defaults
+        defaults = getattr(SpotConfig(), section)
+        for key in keys:
+            if getattr(getattr(cfg, section), key) == getattr(defaults, key):
+                d[section].pop(key, None)
     for key in RESUME_MAY_CHANGE:
         *path, last = key.split(".")
         node = d
@@ -130,7 +148,8 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 def make_optimizer(
     model: SPOT, cfg: SpotConfig
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    kind = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
+    opt = kind(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.train.lr_step, gamma=cfg.train.lr_gamma)
     return opt, sched
 
@@ -149,8 +168,11 @@ def train_one_epoch(
     device = next(model.parameters()).device
     sums: dict[str, float] = {}
     n = 0
+    warp = _warp_gen(cfg, epoch)
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
     for batch in bar:
+        if cfg.train.time_warp > 0:
+            batch = time_warp(batch, cfg.train.time_warp, warp)
         x = batch["features"].to(device)
         with _autocast(cfg, device):
             out = model.forward_train(x)
@@ -176,6 +198,17 @@ def train_one_epoch(
         n += 1
         bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
     return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def _warp_gen(cfg: SpotConfig, epoch: int) -> torch.Generator:
+    """The time-warp generator of a fine-tuning epoch, seeded from ``(train.seed, epoch)``."""
+    return torch.Generator().manual_seed(epoch_seed(cfg.train.seed, epoch) * 4 + 3)
+
+
+def classifier_parameters(model: SPOT) -> list[torch.nn.Parameter]:
+    """The classification head's parameters (frozen during pretraining)."""
+    mods = [model.classifier] + ([model.cls_stack] if hasattr(model, "cls_stack") else [])
+    return [p for m in mods for p in m.parameters()]
 
 
 def _autocast(cfg: SpotConfig, device: torch.device) -> Any:
@@ -218,7 +251,8 @@ def pretrain_step(
         generator=gen,
     )
     msk = mask_loss(model.forward_train(x_fg)["mask"], m_t, valid, cfg.loss)
-    rec = reconstruction_loss(model.embed(drop_input(x, sc.pretrain_drop, "element", gen)), x, valid)
+    emb_d = model.embed(drop_input(x, sc.pretrain_drop, "element", gen))
+    rec = reconstruction_loss(model.reconstruct(emb_d), x, valid)
     xo, lab = swap_halves(torch.cat([x, x_fg], 0), gen)
     order = clip_order_loss(model.clip_order(model.embed(xo)), lab)
     total = sc.pretrain_mask_weight * msk + sc.pretrain_recon_weight * rec + sc.pretrain_order_weight * order
@@ -238,7 +272,7 @@ def pretrain_one_epoch(
     """One stage-1 pass over all training windows with the classifier frozen. Mean of each loss term."""
     model.train()
     device = next(model.parameters()).device
-    frozen = list(model.classifier.parameters())
+    frozen = classifier_parameters(model)
     for prm in frozen:
         prm.requires_grad_(False)
     sums: dict[str, float] = {}
@@ -300,7 +334,8 @@ def semi_step(
         )
     else:
         uns = unlabeled_loss(out_u, vu, cfg.loss, sc.cls_threshold, sc.mask_threshold)
-    rec = reconstruction_loss(emb[:bl], xl, vl) + reconstruction_loss(emb[bl:], xu, vu)
+    x_rec = model.reconstruct(emb)
+    rec = reconstruction_loss(x_rec[:bl], xl, vl) + reconstruction_loss(x_rec[bl:], xu, vu)
     xo, lab_o = swap_halves(x_all, gen)
     order = clip_order_loss(model.clip_order(model.embed(xo)), lab_o)
     total = (
@@ -373,8 +408,11 @@ def train_semi_one_epoch(
     sums: dict[str, float] = {}
     n = 0
     unl_iter = _forever(unlabeled)
+    warp = _warp_gen(cfg, epoch)
     bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
     for batch in bar:
+        if cfg.train.time_warp > 0:
+            batch = time_warp(batch, cfg.train.time_warp, warp)
         lab = {k: v.to(device) for k, v in batch.items()}
         unl = {k: v.to(device) for k, v in next(unl_iter).items()}
         with _autocast(cfg, device):
@@ -504,8 +542,10 @@ def train_on_windows(
     opt, sched = make_optimizer(model, cfg)
     start_epoch, best_map, best_epoch, history, start_pre = 0, -1.0, -1, [], 0
     state_path = out / "train_state.pt"
+    ema_state = None
     if resume:
         start_epoch, best_map, best_epoch, history, start_pre = _resume(out, model, opt, sched, cfg)
+        ema_state = _resume_ema(out, cfg)
         log.info("resumed from %s at pretrain epoch %d, epoch %d", out, start_pre, start_epoch)
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -528,9 +568,11 @@ def train_on_windows(
                 "config_hash": resume_hash(cfg),
                 "config": json.dumps(_resume_config(cfg)),
                 "history": json.dumps(history),
+                **({"ema": ema.state_dict()} if ema is not None else {}),
             },
         )
 
+    ema = None  # the weight average of stage 2 (train.ema_decay), built when stage 2 starts
     dataset = WindowDataset(labeled)
     metrics_path = out / "metrics.jsonl"
     # a fresh run starts a new log; a resumed one keeps exactly the epochs in the saved state
@@ -551,7 +593,7 @@ def train_on_windows(
             num_workers=cfg.train.num_workers,
         )
         aug = torch.Generator().manual_seed(_aug_seed(cfg.train.seed, "pretrain", epoch))
-        for prm in model.classifier.parameters():  # frozen before DDP is built: it syncs the rest
+        for prm in classifier_parameters(model):  # frozen before DDP is built: it syncs the rest
             prm.requires_grad_(False)
         runner = ddp_model(model, dc, device)
         losses = pretrain_one_epoch(
@@ -578,6 +620,11 @@ def train_on_windows(
         # stage 2 starts from the pretrained weights with fresh Adam moments (a resume at this
         # boundary holds stage 1's optimiser and resets it here too, so it replays exactly)
         opt, sched = make_optimizer(model, cfg)
+    if start_epoch < cfg.train.epochs or ema_state is not None:
+        ema = attach_ema(model, opt, cfg.train.ema_decay)
+        if ema is not None and ema_state is not None:
+            ema.load_state_dict(ema_state)
+    final = model if ema is None else ema.module  # what validation and the checkpoints see
     unl_dataset = WindowDataset(unlabeled) if unlabeled else None
     bs_u = 0
     if unlabeled:
@@ -609,7 +656,7 @@ def train_on_windows(
         sched.step()
         do_val = main and bool(val_windows) and val_set is not None and validate_every > 0
         do_val = do_val and ((epoch + 1) % validate_every == 0 or epoch + 1 == cfg.train.epochs)
-        preds, res = validate(model, val_windows, val_set, cfg) if do_val else (None, None)
+        preds, res = validate(final, val_windows, val_set, cfg) if do_val else (None, None)
         row = {
             **({"stage": "finetune"} if cfg.semi.pretrain_epochs or unl_dataset is not None else {}),
             "epoch": epoch,
@@ -631,13 +678,21 @@ def train_on_windows(
         )
         if res is not None and res["average_mAP"] > best_map:
             best_map, best_epoch = res["average_mAP"], epoch
-            save_model(out / "best.safetensors", model, cfg, epoch=epoch, val_average_mAP=best_map)
+            save_model(out / "best.safetensors", final, cfg, epoch=epoch, val_average_mAP=best_map)
             (out / "val_predictions.json").write_text(json.dumps(preds))
         last_map = res["average_mAP"] if res is not None else float("nan")
         if main:
-            save_model(out / "last.safetensors", model, cfg, epoch=epoch, val_average_mAP=last_map)
+            save_model(out / "last.safetensors", final, cfg, epoch=epoch, val_average_mAP=last_map)
         save_state(cfg.semi.pretrain_epochs, epoch + 1)
     return TrainResult(out, best_map, best_epoch, [r for r in history if r.get("stage") != "pretrain"])
+
+
+def _resume_ema(out: Path, cfg: SpotConfig) -> dict | None:
+    """The stage-2 weight average saved in ``train_state.pt`` (None when there is none)."""
+    if cfg.train.ema_decay is None:
+        return None
+    state = load_train_state(out / "train_state.pt")
+    return state.get("ema")
 
 
 def _resume(out: Path, model: SPOT, opt, sched, cfg: SpotConfig) -> tuple[int, float, int, list[dict], int]:

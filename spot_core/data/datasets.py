@@ -74,7 +74,8 @@ def load_dataset(
     ``training_unlabel`` videos, whose windows have ``labeled=False``); ``None`` keeps all.
     The classes come from the file's ``classes`` list, or ``cfg.class_names`` when it is set (it
     must then contain every label). With ``cfg.data.normalize`` the features are standardised with
-    the statistics of the folder's training videos. Windows follow ``cfg.data.mode``.
+    the statistics of the folder's training videos. Windows follow ``cfg.data.mode``; the
+    ``"training"`` subset of window mode uses ``cfg.data.train_stride`` when it is set.
     ``relabel`` rewrites the annotation set before the subset is taken (a semi-supervised label
     split: :func:`~spot_core.data.annotations.split_labels`, ``apply_split_file``).
     """
@@ -105,6 +106,9 @@ def load_dataset(
         raise AnnotationError(
             f"{anno}: no videos in subset {subset!r} (subsets: {sorted(aset.subset_counts())})"
         )
-    windows = make_windows(part, store, cfg, targets=targets, stats=stats, progress=progress)
+    wcfg = cfg
+    if subset == "training" and cfg.data.mode == "window" and cfg.data.train_stride is not None:
+        wcfg = cfg.override([f"data.stride={cfg.data.train_stride}"])  # training crops
+    windows = make_windows(part, store, wcfg, targets=targets, stats=stats, progress=progress)
     logger.info("%s: %d videos (%s) -> %d windows", data_dir, len(part), subset or "all", len(windows))
     return part, windows
