@@ -32,11 +32,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from spot_core.cli import report_error, setup_logging
 from spot_core.config import ConfigError
-from spot_core.data.features import FeatureError, load_features
+from spot_core.data.features import FeatureError
+from spot_core.data.streams import load_streams
 
 from .detector import Detection, StreamDetector, StreamError
 from .offline import offline_detect, stream_all, streamed_vs_offline_map
@@ -54,56 +53,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def load_streams(
-    path: str | Path, feat_dim: int
-) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, Path]]:
-    """``{stream id: features [N, C]}`` from a file or a folder, ``{file: error}`` for unusable files
-    and ``{stream id: file}``.
-
-    ``.npy`` files are memory-mapped (a 10-hour stream is not read into memory at once; NaN/Inf is
-    found chunk by chunk while streaming); ``.csv`` files are read whole by
-    :func:`spot_core.data.features.load_features`.
-    """
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".npy", ".csv"))
-        if not files:
-            raise FeatureError(f"{path}: no .npy or .csv feature files in the folder")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise FeatureError(f"{path}: feature file or folder not found")
-    streams: dict[str, np.ndarray] = {}
-    errors: dict[str, str] = {}
-    sources: dict[str, Path] = {}
-    for f in files:
-        try:
-            if f.stem in streams:
-                raise FeatureError(f"{f}: a second file for stream {f.stem!r}")
-            if f.suffix.lower() == ".npy":
-                try:
-                    arr = np.load(f, mmap_mode="r", allow_pickle=False)
-                except (ValueError, OSError) as e:
-                    raise FeatureError(f"{f}: not a plain numeric .npy file ({e})") from None
-                if arr.ndim != 2 or arr.shape[0] < 1:
-                    raise FeatureError(
-                        f"{f}: expected a 2-D [snippets >= 1, channels] array, got shape {arr.shape}"
-                    )
-                if arr.shape[1] != feat_dim:
-                    raise FeatureError(
-                        f"{f}: {arr.shape[1]} channels per snippet, the model expects {feat_dim}"
-                    )
-                if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-                    raise FeatureError(f"{f}: expected a real numeric array, got dtype {arr.dtype}")
-            else:
-                arr = load_features(f, expected_dim=feat_dim)
-            streams[f.stem] = arr
-            sources[f.stem] = f
-        except FeatureError as e:
-            errors[str(f)] = str(e)
-    return streams, errors, sources
 
 
 def run_files(

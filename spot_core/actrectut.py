@@ -45,6 +45,7 @@ import torch
 from .config import SpotConfig
 from .data.annotations import AnnotationSet, Instance, Video, read_actrectut_json
 from .data.features import snippetize_stream
+from .data.streams import read_stream
 from .data.windows import FeatureStats, Window, make_windows
 from .evaluation import PROTOCOLS, evaluate_detection
 from .inference import predict_windows
@@ -77,14 +78,16 @@ def featurise(samples: np.ndarray) -> np.ndarray:
 
 
 def load_streams(root: str | Path) -> tuple[list[str], dict[str, Stream]]:
-    """``(class names, {stream name: Stream})`` from an ActRecTut folder (``gesture.json`` + ``.npy``)."""
+    """``(class names, {stream name: Stream})`` from an ActRecTut folder (``gesture.json`` + ``.npy``).
+
+    Each raw stream file is read by :func:`spot_core.data.streams.read_stream`, then featurised."""
     root = Path(root)
     aset = read_actrectut_json(root / "gesture.json")
     streams = {}
     for vid, v in aset.videos.items():
         if v.fps is not None and abs(v.fps - RAW_RATE) > 1e-6:
             raise ValueError(f"{root}: stream {vid} has fps {v.fps}, the protocol expects {RAW_RATE}")
-        samples = np.load(root / (v.feature_file or f"{vid}.npy"), allow_pickle=False)
+        samples = read_stream(root / (v.feature_file or f"{vid}.npy"))
         streams[vid] = Stream(vid, featurise(samples), v)
     return list(aset.classes), streams
 

@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from spot_core.data.annotations import AnnotationSet, Instance, Video
+from spot_core.data.annotations import AnnotationError, AnnotationSet, load_annotations, parse_activitynet
 
 from .errors import SpotError
 
@@ -218,10 +218,11 @@ def load_ground_truth(
 ) -> AnnotationSet:
     """Ground truth for evaluation, from any supported file.
 
-    * Official ActivityNet JSON (``{"database": ...}``): read here with the official code's leniency
-      (only ``subset`` per video and ``annotations`` / ``segment`` / ``label`` for the videos of
-      ``subset`` (all videos when None) are required; no ``duration``, ``taxonomy`` or ``version``
-      needed; reversed segments kept), so that any file the official code scores is scored the same.
+    * Official ActivityNet JSON (``{"database": ...}``): the ``"official"`` mode of
+      :func:`spot_core.data.annotations.read_activitynet_json`, the official code's leniency (only
+      ``subset`` per video and ``annotations`` / ``segment`` / ``label`` for the videos of ``subset``
+      (all videos when None) are required; no ``duration``, ``taxonomy`` or ``version`` needed;
+      reversed segments kept), so that any file the official code scores is scored the same.
     * SPOT/BSN ``anet_anno_action.json`` (+ ``video_info`` csv, default ``video_info_new.csv`` beside it)
       and THUMOS14 csv: :func:`spot_core.data.annotations.load_annotations`. A THUMOS csv's subset is
       ``validation`` for ``val*`` names, ``test`` for ``test*`` names, else ``subset``.
@@ -236,22 +237,20 @@ def load_ground_truth(
     if path.suffix.lower() != ".csv":
         data = _read_json(path, "ground-truth")
         if isinstance(data, dict) and "database" in data:
-            return _official_ground_truth(path, data, subset)
-    from spot_core.data import annotations
-
-    loader = getattr(annotations, "load_annotations", None)
-    if loader is None:  # pragma: no cover - the shared reader is part of the package
-        raise EvaluationError(f"{path}: only the official ActivityNet JSON can be read (no load_annotations)")
+            try:
+                return parse_activitynet(data, path, mode="official", subset=subset)
+            except AnnotationError as e:
+                raise EvaluationError(str(e)) from None
     if video_info is not None:
-        return loader(path, video_info=video_info)
+        return load_annotations(path, video_info=video_info)
     if (
         path.suffix.lower() == ".csv"
         and subset is not None
         and not path.name.lower().startswith(("val", "test"))
     ):
         # THUMOS csv: the subset comes from the file name (val*/test*); any other name holds `subset`.
-        return loader(path, subset=subset)
-    return loader(path)
+        return load_annotations(path, subset=subset)
+    return load_annotations(path)
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -268,43 +267,6 @@ def _read_json(path: Path, what: str) -> Any:
         raise EvaluationError(
             f"{path}: malformed JSON: {e.msg} (line {e.lineno}, column {e.colno})"
         ) from None
-
-
-def _official_ground_truth(path: Path, data: dict, subset: str | None) -> AnnotationSet:
-    db = data["database"]
-    if not isinstance(db, dict):
-        raise EvaluationError(f"{path}: 'database' must map video ids to objects, got {type(db).__name__}")
-    videos: dict[str, Video] = {}
-    for vid, v in db.items():
-        where = f"{path}: video {vid!r}"
-        if not isinstance(v, dict) or "subset" not in v:
-            raise EvaluationError(f"{where}: missing 'subset'")
-        instances: list[Instance] = []
-        if subset is None or v["subset"] == subset:
-            annos = v.get("annotations")
-            if not isinstance(annos, list):
-                raise EvaluationError(f"{where}: 'annotations' must be a list, got {annos!r}")
-            for j, a in enumerate(annos):
-                if not isinstance(a, dict) or "segment" not in a or "label" not in a:
-                    raise EvaluationError(f"{where}, annotation {j}: needs 'segment' and 'label'")
-                seg = a["segment"]
-                if not (isinstance(seg, list | tuple) and len(seg) == 2 and all(_is_number(x) for x in seg)):
-                    raise EvaluationError(
-                        f"{where}, annotation {j}: 'segment' must be two numbers, got {seg!r}"
-                    )
-                try:
-                    hash(a["label"])
-                except TypeError:
-                    raise EvaluationError(f"{where}, annotation {j}: bad label {a['label']!r}") from None
-                # labels stay as written (the official code uses them as dict keys as they are)
-                instances.append(Instance(float(seg[0]), float(seg[1]), a["label"]))
-        duration = v.get("duration")
-        duration = float(duration) if _is_number(duration) else 0.0
-        videos[str(vid)] = Video(
-            video_id=str(vid), duration=duration, subset=str(v["subset"]), instances=instances
-        )
-    classes = list(dict.fromkeys(i.label for v in videos.values() for i in v.instances))
-    return AnnotationSet(videos, classes)
 
 
 def load_predictions(path: str | Path) -> dict[str, list[dict]]:

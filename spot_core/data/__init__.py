@@ -1,4 +1,4 @@
-"""Annotations, feature files, windows and the synthetic data generator.
+"""Annotations, feature files, long streams, windows and the synthetic data generator.
 
 The torch dataset lives in :mod:`spot_core.data.datasets` (imported explicitly, so reading
 annotations or features never imports torch).
@@ -11,6 +11,7 @@ from .annotations import (
     Video,
     clean_instances,
     load_annotations,
+    parse_activitynet,
     read_activitynet_json,
     read_actrectut_json,
     read_spot_bsn,
@@ -19,6 +20,7 @@ from .annotations import (
     write_activitynet_json,
 )
 from .features import FeatureError, FeatureStore, load_features, snippetize_stream
+from .streams import load_streams, read_stream
 from .synthetic import SyntheticSpec, generate_dataset
 from .windows import FeatureStats, Window, build_targets, make_windows, rescale_video, slide_video
 
@@ -37,10 +39,13 @@ __all__ = [
     "generate_dataset",
     "load_annotations",
     "load_features",
+    "load_streams",
     "make_windows",
+    "parse_activitynet",
     "read_activitynet_json",
     "read_actrectut_json",
     "read_spot_bsn",
+    "read_stream",
     "read_thumos_csv",
     "rescale_video",
     "slide_video",

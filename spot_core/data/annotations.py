@@ -8,7 +8,8 @@ zero-length instances and de-duplicates.
 
 Formats (see :func:`load_annotations` for auto-detection):
 
-- official ActivityNet JSON (:func:`read_activitynet_json`, written by :func:`write_activitynet_json`);
+- official ActivityNet JSON (:func:`read_activitynet_json`, written by :func:`write_activitynet_json`),
+  read strictly (training) or as leniently as the official evaluator (``mode="official"``);
 - the SPOT/BSN layout: ``anet_anno_action.json`` + ``video_info_new*.csv`` (:func:`read_spot_bsn`);
 - THUMOS14 csv (:func:`read_thumos_csv`);
 - ActRecTut ``gesture.json``, ActivityNet-style with ``fps``/``num_frames`` (:func:`read_actrectut_json`).
@@ -29,6 +30,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from spot_core.errors import SpotError
 
@@ -420,23 +423,64 @@ def _unlabeled_subset(subset: str, instances: list[Instance]) -> bool:
     return subset.endswith(UNLABELED_SUFFIX) or (subset == "testing" and not instances)
 
 
+#: the modes of the ActivityNet-JSON reader (see :func:`read_activitynet_json`)
+ANET_MODES = ("strict", "official")
+
+
 def read_activitynet_json(
-    path: PathLike, *, class_names: ClassNames = None, unknown: str = "error"
+    path: PathLike,
+    *,
+    class_names: ClassNames = None,
+    unknown: str = "error",
+    mode: str = "strict",
+    subset: str | None = None,
 ) -> AnnotationSet:
     """Official ActivityNet JSON: ``{"database": {vid: {"subset", "duration", "annotations"}}}``.
 
-    Optional per-video keys ``fps``, ``num_frames``, ``feature_frames``, ``features`` (feature file
-    name) and ``labeled`` are read when present (our writer emits them). Classes, in order of
-    precedence: ``class_names`` (a list, or a path read by :func:`read_class_names`), a top-level
-    ``"classes"`` list in the file (our writer emits it), else the sorted unique labels.
+    The one reader of this layout, in two modes (:func:`parse_activitynet` does the work):
+
+    - ``"strict"`` (training, the default): every video needs ``subset`` (a string) and a positive
+      ``duration``; a segment is two finite numbers with ``end >= start``; labels become strings.
+      Optional per-video keys ``fps``, ``num_frames``, ``feature_frames``, ``features`` (feature
+      file name) and ``labeled`` are read and checked when present (our writer emits them).
+      Classes, in order of precedence: ``class_names`` (a list, or a path read by
+      :func:`read_class_names`), a top-level ``"classes"`` list in the file (our writer emits it),
+      else the sorted unique labels; ``unknown`` says what to do with labels outside a given list.
+    - ``"official"`` (evaluation): the leniency of the official evaluator, so that any file it
+      scores is scored the same. Only ``subset`` per video is required, and ``annotations`` /
+      ``segment`` / ``label`` only for the videos of ``subset`` (all videos when None; the other
+      videos get no instances); no ``duration`` (missing or not a number reads as 0),
+      ``taxonomy`` or ``version`` needed; reversed segments are kept; labels stay as written (any
+      hashable value); the classes are the labels in order of first appearance; optional keys,
+      ``class_names`` and ``unknown`` are not used.
+
+    Both modes keep zero-length and duplicated instances, as the official evaluator sees them
+    (:func:`clean_instances` cleans them for the targets).
     """
     path = Path(path)
-    return _activitynet_from_data(path, _read_json(path), class_names=class_names, unknown=unknown)
+    return parse_activitynet(
+        _read_json(path), path, class_names=class_names, unknown=unknown, mode=mode, subset=subset
+    )
 
 
-def _activitynet_from_data(
-    path: Path, data: Any, *, class_names: ClassNames, unknown: str, require_rate: bool = False
+def parse_activitynet(
+    data: Any,
+    path: PathLike,
+    *,
+    class_names: ClassNames = None,
+    unknown: str = "error",
+    mode: str = "strict",
+    subset: str | None = None,
+    require_rate: bool = False,
 ) -> AnnotationSet:
+    """The parsed JSON ``data`` of the ActivityNet file ``path`` (named in errors) as an
+    :class:`AnnotationSet`; ``mode`` and the other arguments as in :func:`read_activitynet_json`.
+    ``require_rate`` (strict mode): every entry needs ``fps`` and ``num_frames`` (ActRecTut)."""
+    path = Path(path)
+    if mode == "official":
+        return _parse_database_official(path, data, subset)
+    if mode != "strict":
+        raise ValueError(f"mode must be one of {ANET_MODES}, got {mode!r}")
     videos = _parse_database(path, data, require_rate=require_rate)
     classes = _class_list(class_names)
     if classes is None and "classes" in data:
@@ -446,6 +490,48 @@ def _activitynet_from_data(
     return _finish(path, videos, classes, unknown)
 
 
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float | np.integer | np.floating) and not isinstance(x, bool)
+
+
+def _parse_database_official(path: Path, data: Any, subset: str | None) -> AnnotationSet:
+    """The official evaluator's reading (see :func:`read_activitynet_json`, ``mode="official"``)."""
+    db = data["database"]
+    if not isinstance(db, dict):
+        raise AnnotationError(f"{path}: 'database' must map video ids to objects, got {type(db).__name__}")
+    videos: dict[str, Video] = {}
+    for vid, v in db.items():
+        where = f"{path}: video {vid!r}"
+        if not isinstance(v, dict) or "subset" not in v:
+            raise AnnotationError(f"{where}: missing 'subset'")
+        instances: list[Instance] = []
+        if subset is None or v["subset"] == subset:
+            annos = v.get("annotations")
+            if not isinstance(annos, list):
+                raise AnnotationError(f"{where}: 'annotations' must be a list, got {annos!r}")
+            for j, a in enumerate(annos):
+                if not isinstance(a, dict) or "segment" not in a or "label" not in a:
+                    raise AnnotationError(f"{where}, annotation {j}: needs 'segment' and 'label'")
+                seg = a["segment"]
+                if not (isinstance(seg, list | tuple) and len(seg) == 2 and all(_is_number(x) for x in seg)):
+                    raise AnnotationError(
+                        f"{where}, annotation {j}: 'segment' must be two numbers, got {seg!r}"
+                    )
+                try:
+                    hash(a["label"])
+                except TypeError:
+                    raise AnnotationError(f"{where}, annotation {j}: bad label {a['label']!r}") from None
+                # labels stay as written (the official code uses them as dict keys as they are)
+                instances.append(Instance(float(seg[0]), float(seg[1]), a["label"]))
+        duration = v.get("duration")
+        duration = float(duration) if _is_number(duration) else 0.0
+        videos[str(vid)] = Video(
+            video_id=str(vid), duration=duration, subset=str(v["subset"]), instances=instances
+        )
+    classes = list(dict.fromkeys(i.label for v in videos.values() for i in v.instances))
+    return AnnotationSet(videos, classes)
+
+
 def read_actrectut_json(
     path: PathLike, *, class_names: ClassNames = None, unknown: str = "error"
 ) -> AnnotationSet:
@@ -453,8 +539,8 @@ def read_actrectut_json(
     ``num_frames`` (samples), ``channels`` and ``features`` (the ``.npy`` stream, relative to the
     JSON's folder) per stream. ``fps`` and ``num_frames`` are required here."""
     path = Path(path)
-    return _activitynet_from_data(
-        path, _read_json(path), class_names=class_names, unknown=unknown, require_rate=True
+    return parse_activitynet(
+        _read_json(path), path, class_names=class_names, unknown=unknown, require_rate=True
     )
 
 
@@ -687,7 +773,7 @@ def load_annotations(
             and bool(db)
             and all(isinstance(e, dict) and "fps" in e and "num_frames" in e for e in db.values())
         )
-        return _activitynet_from_data(path, data, class_names=class_names, unknown=unknown, require_rate=rate)
+        return parse_activitynet(data, path, class_names=class_names, unknown=unknown, require_rate=rate)
     if (
         isinstance(data, dict)
         and data
