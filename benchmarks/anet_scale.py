@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from spot_core.cli import report_error
+from spot_core.cli import report_error, reports_errors, setup_logging
 from spot_core.config import SpotConfig
 from spot_core.data.annotations import AnnotationSet, read_spot_bsn
 from spot_core.data.windows import Window, build_targets, snippet_span
@@ -201,6 +201,7 @@ def run(
     }
 
 
+@reports_errors
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.anet_scale", description=__doc__.split("\n\n")[0])
     ap.add_argument("--shared", default="../shared/data", help="the shared data folder")
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, help="smoke test: only the first N videos of each subset")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging(1)
     if not (Path(args.shared) / "activitynet").is_dir():
         return report_error(f"{args.shared}/activitynet not found")
     rep = run(Path(args.shared), Path(args.out), epochs=args.epochs, pretrain_epochs=args.pretrain_epochs,

@@ -34,6 +34,7 @@ from benchmarks.common import (
     make_bench,
 )
 from benchmarks.original_pipeline import original_detect_video, original_postprocess
+from spot_core.cli import reports_errors, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ def default_label(threads: int) -> str:
     return f"{slug}_{threads}t"
 
 
+@reports_errors
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="anet")
@@ -179,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--label", default=None, help="results file label (default: CPU model and threads)")
     ap.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(1)
     torch.set_num_threads(args.threads)
     rep = run_compare(
         args.preset, args.rounds, args.inner, args.warmup, args.seed, args.cls_scale, BATCH_SIZES

@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from benchmarks.common import BATCH_SIZES, Bench, decode_only, device_info, make_bench
 from benchmarks.compare import default_label, percentile
 from benchmarks.original_pipeline import original_detect_video
+from spot_core.cli import reports_errors, setup_logging
 from spot_core.config import ModelConfig
 from spot_core.inference import predict_windows
 
@@ -500,6 +501,7 @@ def format_study(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@reports_errors
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.edge", description=__doc__.split("\n")[0])
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
@@ -511,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     ap.add_argument("--study", nargs=2, metavar=("CKPT", "DATA"), help="run the precision study instead")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging(1)
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     if args.study:
         torch.set_num_threads(int(args.threads.split(",")[0]))

@@ -44,6 +44,8 @@ from typing import Any
 
 import torch
 
+from spot_core.cli import reports_errors
+
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = (
     "environment", "ceilings", "gpu_tests", "step4", "nms", "whole_path", "achieved", "streaming",
@@ -616,6 +618,7 @@ def summary_table(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@reports_errors
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.split("\n\n")[0])
     ap.add_argument(

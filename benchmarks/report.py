@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from spot_core.cli import report_error
+from spot_core.errors import SpotError
 
 __all__ = ["collect_rows", "format_markdown", "main", "plot_rows"]
 
@@ -209,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         rows, skipped = collect_rows(Path(args.results))
-    except FileNotFoundError as e:
+    except (SpotError, FileNotFoundError) as e:
         return report_error(e)
     if not rows:
         return report_error(f"{args.results}: no throughput reports found")

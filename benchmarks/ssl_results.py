@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from spot_core.cli import reports_errors, setup_logging
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = REPO / "benchmarks" / "results" / "ssl_runs.jsonl"
 DEFAULT_OUT = REPO / "docs" / "results.md"
@@ -213,6 +215,7 @@ def render(runs: list[dict], command: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ main
+@reports_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.ssl_results", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -232,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="ignore cached runs (they are still kept)")
     p.add_argument("--render-only", action="store_true")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging(1)
     torch.set_num_threads(1)
     from spot_core.actrectut import context_offsets
 

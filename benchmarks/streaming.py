@@ -44,6 +44,7 @@ import torch
 from runtime.backends import BACKENDS as ALL_BACKENDS
 from runtime.detector import BYTES_PER_DETECTION, StreamDetector
 from runtime.session import CompiledSession, EagerSession, EdgeSession, OnnxSession, Session, SessionError
+from spot_core.cli import reports_errors
 from spot_core.config import SpotConfig
 from spot_core.model import SPOT
 
@@ -333,6 +334,7 @@ def format_table(reports: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+@reports_errors
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["memory-one"]:

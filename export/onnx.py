@@ -49,9 +49,9 @@ from runtime.onnx_model import (
     read_onnx_metadata,
 )
 from spot_core import __version__
-from spot_core.checkpoint import CheckpointError, load_model
+from spot_core.checkpoint import load_model
 from spot_core.cli import report_error, setup_logging
-from spot_core.config import ConfigError, SpotConfig
+from spot_core.config import SpotConfig
 from spot_core.decode import num_proposals
 from spot_core.errors import SpotError
 from spot_core.graph import INPUT_NAME, inference_graph, output_names
@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = export_onnx(
             model, cfg, args.out, with_decode=args.with_decode, fp16=args.fp16, opset=args.opset
         )
-    except (CheckpointError, ConfigError, OnnxExportError, OnnxModelError, OSError) as e:
+    except (SpotError, OSError) as e:
         return report_error(e)
     print(out)
     return 0

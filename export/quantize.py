@@ -288,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             calibration_method=args.calibration_method,
             per_channel=not args.per_tensor,
         )
-    except (QuantizeError, OnnxModelError, OSError) as e:
+    except (SpotError, OSError) as e:
         return report_error(e)
     print(out)
     return 0

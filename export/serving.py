@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from export.onnx import OnnxModelError, load_onnx, read_onnx_metadata
+from export.onnx import load_onnx, read_onnx_metadata
 from export.trt import check_io, onnx_io, read_engine_metadata
 from spot_core.cli import report_error, setup_logging
 from spot_core.errors import SpotError
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             options=opts,
             overwrite=args.overwrite,
         )
-    except (ServingError, OnnxModelError, OSError) as e:
+    except (SpotError, OSError) as e:
         return report_error(e)
     print(out)
     return 0

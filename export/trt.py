@@ -47,6 +47,7 @@ from runtime.engine import TrtModule as Backend
 from runtime.onnx_model import OnnxModelError, load_onnx, read_onnx_metadata
 from spot_core.checkpoint import sha256_file, write_bytes_atomic
 from spot_core.cli import report_error, setup_logging
+from spot_core.errors import SpotError
 from spot_core.graph import INPUT_NAME
 
 log = logging.getLogger(__name__)
@@ -358,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             backend=args.backend,
             compute_capabilities=args.compute_capability,
         )
-    except (TrtUnavailableError, TrtBuildError, OnnxModelError, OSError) as e:
+    except (SpotError, OSError) as e:
         return report_error(e)
     print(out)
     return 0

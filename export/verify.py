@@ -605,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             device=args.device,
         )
-    except (VerifyInputError, OSError) as e:
+    except (SpotError, OSError) as e:
         return report_error(e)
     text = json.dumps(rows, indent=2)
     if args.json == "-":

@@ -292,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             snippet_rate=args.snippet_rate, shard_size=args.shard_size, batch_size=args.batch_size,
             device=args.device, progress=not args.no_progress,
         )  # fmt: skip
-    except (BatchError, FeatureError) as e:
+    except SpotError as e:
         return report_error(e)
     finally:
         if torch.distributed.is_initialized():

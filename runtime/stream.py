@@ -33,13 +33,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from spot_core.cli import report_error, setup_logging
-from spot_core.config import ConfigError
-from spot_core.data.features import FeatureError
 from spot_core.data.streams import load_streams
+from spot_core.errors import SpotError
 
 from .detector import Detection, StreamDetector, StreamError
 from .offline import offline_detect, stream_all, streamed_vs_offline_map
-from .session import BACKENDS, SessionError, open_session
+from .session import BACKENDS, open_session
 
 __all__ = [
     "Detection",
@@ -161,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg=cfg,
             progress=not args.no_progress,
         )
-    except (SessionError, ConfigError, FeatureError, ValueError, OSError) as e:
+    except (SpotError, ValueError, OSError) as e:
         return report_error(e)
     for sid, dets in results["results"].items():
         best = max((d["score"] for d in dets), default=0.0)

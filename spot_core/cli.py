@@ -1,12 +1,15 @@
-"""Helpers shared by the command-line entry points (config selection, logging)."""
+"""Helpers shared by the command-line entry points (config selection, logging, error reports)."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
+from collections.abc import Callable
 
 from .config import ConfigError, SpotConfig
+from .errors import SpotError
 
 
 def add_config_args(p: argparse.ArgumentParser, default_preset: str | None = "toy") -> None:
@@ -63,3 +66,17 @@ def report_error(message: object) -> int:
     the exit status of every entry point on bad input."""
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
     return 2
+
+
+def reports_errors(main: Callable[..., int]) -> Callable[..., int]:
+    """Decorate a CLI ``main``: a :class:`SpotError` it raises is reported by :func:`report_error`
+    (one line, exit status 2) instead of a traceback."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except SpotError as e:
+            return report_error(e)
+
+    return wrapper

@@ -17,8 +17,10 @@ from typing import Any
 
 import yaml
 
+from .errors import SpotError
 
-class ConfigError(ValueError):
+
+class ConfigError(SpotError, ValueError):
     """A configuration value or file is invalid."""
 
 

@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import add_config_args, config_from_args, setup_logging
+from .cli import add_config_args, config_from_args, report_error, setup_logging
+from .errors import SpotError
 
 
 def run_demo(
@@ -114,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     setup_logging()
-    cfg = config_from_args(args)
     out = Path(args.out)
-    summary = run_demo(out, cfg, seed=args.seed, progress=not args.no_progress)
+    try:
+        summary = run_demo(out, config_from_args(args), seed=args.seed, progress=not args.no_progress)
+    except SpotError as e:
+        return report_error(e)
     print()
     print(format_table(summary))
     print(

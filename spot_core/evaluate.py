@@ -23,11 +23,12 @@ from collections.abc import Sequence
 from spot_core.cli import report_error, setup_logging
 from spot_core.evaluation import (
     PROTOCOLS,
-    EvaluationError,
     evaluate_detection,
     load_ground_truth,
     load_predictions,
 )
+
+from .errors import SpotError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = evaluate_detection(
             gt, preds, PROTOCOLS[args.protocol], subset=args.subset, pred_source=args.pred
         )
-    except (EvaluationError, ValueError, OSError) as e:  # AnnotationError names the file
+    except (SpotError, ValueError, OSError) as e:  # the message names the file
         return report_error(e)
     if args.json:
         out = result.to_dict()

@@ -14,10 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError
 from .cli import add_config_args, config_from_args, report_error, setup_logging
-from .config import ConfigError
-from .data.annotations import AnnotationError
+from .errors import SpotError
 
 
 def semi_overrides(args: argparse.Namespace) -> list[str]:
@@ -75,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         # every rank waits here for the others (rank 0 still validates and writes checkpoints):
         # a rank that tore down its gloo group while a peer was busy aborted once in CI
         dc.barrier()
-    except (ConfigError, CheckpointError, AnnotationError, ValueError, OSError, FloatingPointError) as e:
+    except (SpotError, ValueError, OSError, FloatingPointError) as e:
         # bad input (the message names the file or key) or a diverged loss: one line, no traceback
         msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}"
         return report_error(msg)
