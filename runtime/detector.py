@@ -5,54 +5,19 @@
     det = StreamDetector(session, stride=50, snippet_rate=2.0)
     det.open("cam0")
     for chunk in chunks:                 # features [n, C], any n >= 0 (one snippet at a time included)
-        early = det.push("cam0", chunk)  # preview detections (final=False) of any stream, see below
+        early = det.push("cam0", chunk)  # preview detections (final=False) of any stream
     final = det.close("cam0")            # the exact result (final=True): equal to the offline output
 
-**Windows.** Exactly the offline windows of :func:`spot_core.data.windows.slide_video`: T snippets
-(the model's window) starting at 0, S, 2S, ... A window runs as soon as its last snippet arrives;
-at :meth:`StreamDetector.close` the last window (the only one of a stream shorter than T), which
-the offline path zero-pads, runs padded with its valid length masked in decode.
-
-**Batching.** Complete windows of all open streams wait in one FIFO queue. A batch of
-``session.batch_size`` windows runs as soon as the queue holds that many; a partial batch runs
-when its oldest window has waited ``max_delay_s`` (checked at every :meth:`push`, :meth:`poll`
-and :meth:`close`; 0 runs every window within the call that completed it). The runtime is
-single-threaded: time passes only between calls, so a live server calls :meth:`poll` on a timer.
-
-**Exactness.** The final output of a stream (:meth:`close`) equals the offline output on its whole
-feature sequence (:func:`runtime.offline.offline_detect`) bit for bit: same windows, same
-per-window detections (the session's padded batches make them independent of which windows share a batch, see
-:mod:`runtime.session`), then the same :func:`spot_core.decode.merge_windows` call on the same
-tensors and the same :func:`spot_core.decode.results_json`.
-
-**What is emitted early, and why it is only a preview.** The offline merge is one Gaussian
-Soft-NMS over every window's detections of the whole video, keeping ``max_detections`` per video.
-No detection is certain before the stream ends: (1) the per-video top-D cut is global, a later
-stronger detection can push any earlier one out; (2) Soft-NMS decays propagate along chains of
-overlapping detections: if A overlaps B and B overlaps C (in a later window), C being picked first
-decays B, so B no longer decays A, so A's final score changes; a chain of any length reaches back
-arbitrarily far (with scores rising along the chain, the final score of the first detection
-depends on the parity of the chain's length). So :meth:`push` returns *preview* detections
-(``final=False``): when windows complete, the detections that no later window can overlap any
-more (their end is at or before the next window's start) are scored by a Soft-NMS over the
-detections of the windows around them, and the best ``max_detections`` of that local problem that
-are newly settled are emitted, each detection once. Only :meth:`close` returns final detections.
-
-**Memory.** Bounded by the window and the number of open streams: per stream a buffer of T
-snippets, the queued windows (fewer than ``batch_size`` between calls) -- except
-for one thing that grows: the exact final merge needs every window's detections, so each stream
-keeps its windows' decoded detections in compact form (start/end as int32 snippet indices, score
-float32, label int32: 16 bytes per detection, at most ``max_detections`` per window). ActivityNet
-preset at 2 snippets/s, stride 50: 144 windows per hour, at most 230 KB per stream-hour. The
-features, model outputs and proposals of a window are dropped as soon as it is decoded. See
-docs/runtime.md for the measured peak RSS of 1-hour and 10-hour streams.
-
-**Bad input.** A malformed chunk (wrong shape or channel count, NaN/Inf, wrong dtype) is rejected
-with :class:`StreamError` naming the stream and the snippet offset, before anything of it is
-stored: the stream stays as it was and may go on. Pushes to an unknown or closed stream raise
-:class:`StreamError`; other streams are never affected. If the model fails on a batch, the batch
-is re-run window by window and only the streams whose window fails are marked failed (their next
-call raises :class:`StreamError` with the cause).
+Windows are exactly the offline windows (:func:`spot_core.data.windows.slide_video`); complete
+windows of all streams share one FIFO queue and run in batches of ``session.batch_size`` (a partial
+batch once its oldest window has waited ``max_delay_s``). :meth:`StreamDetector.close` returns the
+offline output (:func:`runtime.offline.offline_detect`) bit for bit, through the same final merge
+(:func:`runtime.merge.final_merge`); :meth:`StreamDetector.push` returns only previews, because no
+detection is certain before the stream ends. Memory is bounded by the window and the open streams,
+except the compact per-window detections the exact merge needs (16 bytes per detection). A bad
+chunk raises :class:`StreamError` before anything of it is stored; a model failure drops only the
+streams whose window fails. docs/runtime.md ("Stream detector", "Memory") gives the details, the
+reasons and the measurements.
 """
 
 from __future__ import annotations
@@ -69,11 +34,12 @@ import numpy as np
 import torch
 
 from spot_core.config import SpotConfig
+from spot_core.data.streams import ChunkError, as_chunk
 from spot_core.data.windows import window_starts
-from spot_core.decode import Detections, merge_top, pass_through, results_json, to_seconds
+from spot_core.decode import results_json
 from spot_core.errors import SpotError
-from spot_core.nms import soft_nms
 
+from .merge import final_merge, local_soft_nms
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -237,31 +203,12 @@ class StreamDetector:
 
     # ------------------------------------------------------------------ input
     def _validate(self, st: _Stream, features: Any) -> np.ndarray:
-        C = self.cfg.model.feat_dim
         if isinstance(features, torch.Tensor):
             features = features.detach().cpu().numpy()
-        x = np.asarray(features)
-        off = st.received
-        if x.ndim != 2:
-            raise StreamError(st.sid, f"a chunk must be [n, C={C}], got shape {x.shape}", off)
-        if x.shape[1] != C:
-            raise StreamError(
-                st.sid, f"chunk has {x.shape[1]} channels per snippet, the model expects {C}", off
-            )
-        if x.dtype == np.bool_ or not (
-            np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
-        ):
-            raise StreamError(st.sid, f"chunk must be real numbers, got dtype {x.dtype}", off)
-        with np.errstate(over="ignore"):
-            x = np.ascontiguousarray(x, dtype=np.float32)
-        finite = np.isfinite(x)
-        if not finite.all():
-            row = int(np.argmin(finite.all(axis=1)))
-            col = int(np.argmin(finite[row]))
-            raise StreamError(
-                st.sid, f"non-finite value {x[row, col]} in channel {col} (chunk row {row})", off + row
-            )
-        return x
+        try:
+            return as_chunk(features, self.cfg.model.feat_dim)
+        except ChunkError as e:
+            raise StreamError(st.sid, str(e), st.received + e.row) from None
 
     def push(self, stream_id: str, features: Any) -> list[Detection]:
         """Append ``features [n, C]`` (n >= 0) to a stream; run the windows that are due.
@@ -376,38 +323,17 @@ class StreamDetector:
             st.previewed_to = frontier if frontier != math.inf else st.received
             if not segs:
                 continue
-            seg = np.concatenate(segs) if segs else np.zeros((0, 2))
+            seg = np.concatenate(segs)
             if not np.concatenate(new).any():
                 continue
             rows.append((st, seg, np.concatenate(scs), np.concatenate(labs), np.concatenate(new)))
         if not rows:
             return []
-        N = max(r[1].shape[0] for r in rows)
-        R = len(rows)
-        seg_t = torch.zeros(R, N, 2, dtype=torch.float64)
-        sc_t = torch.zeros(R, N)
-        lab_t = torch.zeros(R, N, dtype=torch.long)
-        val_t = torch.zeros(R, N, dtype=torch.bool)
-        for i, (_, seg, sc, lab, _) in enumerate(rows):
-            n = seg.shape[0]
-            seg_t[i, :n] = torch.from_numpy(seg)
-            sc_t[i, :n] = torch.from_numpy(sc)
-            lab_t[i, :n] = torch.from_numpy(lab.astype(np.int64))
-            val_t[i, :n] = True
-        cfg = self.cfg.decode
-        _, o_sc, _, o_val, o_idx = soft_nms(
-            seg_t,
-            sc_t,
-            lab_t,
-            val_t,
-            sigma=cfg.nms_sigma,
-            max_detections=min(D, N),
-            class_aware=cfg.nms_class_aware,
-        )
+        picks = local_soft_nms([(seg, sc, lab) for _, seg, sc, lab, _ in rows], D, self.cfg.decode)
         out = []
-        for i, (st, seg, _, lab, new) in enumerate(rows):
-            for score, ok, idx in zip(o_sc[i].tolist(), o_val[i].tolist(), o_idx[i].tolist(), strict=True):
-                if ok and new[idx]:
+        for (st, seg, _, lab, new), row_picks in zip(rows, picks, strict=True):
+            for score, idx in row_picks:
+                if new[idx]:
                     s, e = seg[idx]
                     out.append(self._detection(st.sid, s * st.sec, e * st.sec, int(lab[idx]), score, False))
         return out
@@ -461,32 +387,9 @@ class StreamDetector:
 
     def _final(self, st: _Stream, duration: float | None) -> list[dict]:
         """The offline merge on the stored per-window detections (same tensors as offline)."""
-        W, D = len(st.dets), self.cfg.decode.max_detections
-        if W == 0:
+        if not st.dets:
             return []
-        seg = torch.zeros(W, D, 2, dtype=torch.float32)
-        sc = torch.zeros(W, D, dtype=torch.float32)
-        lab = torch.zeros(W, D, dtype=torch.long)
-        val = torch.zeros(W, D, dtype=torch.bool)
-        for w, (s, c, la) in enumerate(st.dets):
-            n = s.shape[0]
-            seg[w, :n] = torch.from_numpy(s.astype(np.float32))
-            sc[w, :n] = torch.from_numpy(c)
-            lab[w, :n] = torch.from_numpy(la.astype(np.int64))
-            val[w, :n] = True
-        # offline: Window.t_start = a * sec with a = i * stride; snippet_sec = sec (float64 tensors)
-        t0 = torch.tensor([(w * self.stride) * st.sec for w in range(W)], dtype=torch.float64)
-        dt = torch.tensor([st.sec] * W, dtype=torch.float64)
-        seg_sec = to_seconds(seg, t0, dt)  # [W, D, 2] float64
-        if W == 1:
-            one = pass_through(seg_sec[:1], sc[:1], lab[:1], val[:1], D)  # [1, D]
-            merged = {st.sid: Detections(*(x[0] for x in one))}
-        else:
-            merged = {
-                st.sid: merge_top(
-                    seg_sec.reshape(-1, 2), sc.reshape(-1), lab.reshape(-1), val.reshape(-1), self.cfg.decode
-                )
-            }
+        merged = {st.sid: final_merge(st.dets, self.stride, st.sec, self.cfg.decode)}
         dur = None if duration is None else {st.sid: duration}
         return results_json([st.sid], merged, self.names, dur)["results"].get(st.sid, [])
 

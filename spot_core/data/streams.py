@@ -3,18 +3,19 @@
 A stream is one long recording (hours of snippets) that the runtime pushes through a detector
 chunk by chunk. :func:`read_stream` reads and checks one file; :func:`load_streams` reads a file
 or a folder of them (one stream per file, named after the file), keeping the good streams and
-reporting the bad files.
+reporting the bad files; :func:`as_chunk` checks one chunk pushed into a live stream.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .features import FeatureError, load_features
 
-__all__ = ["STREAM_SUFFIXES", "load_streams", "read_stream"]
+__all__ = ["STREAM_SUFFIXES", "ChunkError", "as_chunk", "load_streams", "read_stream"]
 
 #: file suffixes read as streams
 STREAM_SUFFIXES = (".npy", ".csv")
@@ -75,3 +76,33 @@ def load_streams(
         except FeatureError as e:
             errors[str(f)] = str(e)
     return streams, errors, sources
+
+
+class ChunkError(FeatureError):
+    """A chunk that cannot join a stream; ``row`` is the chunk row at fault (0: the whole chunk)."""
+
+    def __init__(self, message: str, row: int = 0) -> None:
+        super().__init__(message)
+        self.row = row
+
+
+def as_chunk(features: Any, feat_dim: int) -> np.ndarray:
+    """A chunk of a stream, ``[n, C]`` real numbers (n >= 0), as contiguous float32; checked whole
+    before anything is stored. :class:`ChunkError` names the problem (shape, channels, dtype, or
+    the channel and row of the first NaN/Inf)."""
+    C = feat_dim
+    x = np.asarray(features)
+    if x.ndim != 2:
+        raise ChunkError(f"a chunk must be [n, C={C}], got shape {x.shape}")
+    if x.shape[1] != C:
+        raise ChunkError(f"chunk has {x.shape[1]} channels per snippet, the model expects {C}")
+    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise ChunkError(f"chunk must be real numbers, got dtype {x.dtype}")
+    with np.errstate(over="ignore"):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+    finite = np.isfinite(x)
+    if not finite.all():
+        row = int(np.argmin(finite.all(axis=1)))
+        col = int(np.argmin(finite[row]))
+        raise ChunkError(f"non-finite value {x[row, col]} in channel {col} (chunk row {row})", row)
+    return x
