@@ -12,7 +12,7 @@ reported in ms per video and videos/s (p10 / p90 too). Cases:
 - per path, ``forward_<path>_b<B>`` (the model alone on a ``[B, C, T]`` tensor) and
   ``end_to_end_<path>_b<B>`` (:func:`spot_core.inference.predict_windows` with that forward:
   stack, forward, decode + Soft-NMS, merge, result JSON), B in 1 and 64. Paths: ``eager_fp32``
-  (the reference), ``eager_bf16`` (the model cast to bfloat16, :func:`export.graph.inference_graph`:
+  (the reference), ``eager_bf16`` (the model cast to bfloat16, :func:`spot_core.graph.inference_graph`:
   oneDNN, AMX where the CPU has it), ``edge_bf16`` (:func:`export.quantize.bf16_cpu_model`, the
   same maths laid out for the CPU), ``ort_fp32`` (the fp32 ONNX export in onnxruntime) and
   ``ort_int8`` (:func:`export.quantize.quantize_onnx`, dynamic, per-channel weights);
@@ -95,9 +95,10 @@ class ForwardModule(nn.Module):
 
 def make_paths(bench: Bench, tmp: Path, threads: int) -> dict[str, Forward]:
     """The four forwards of :data:`PATHS`, each returning float32 outputs."""
-    from export.graph import inference_graph
-    from export.onnx import OnnxRunner, export_onnx
+    from export.onnx import export_onnx
     from export.quantize import bf16_cpu_model, quantize_onnx
+    from runtime.onnx_model import OnnxRunner
+    from spot_core.graph import inference_graph
 
     cfg, model = bench.cfg, bench.model
     fp32_onnx = tmp / "anet_fp32.onnx"
@@ -423,13 +424,13 @@ def precision_study(
     checkpoint: str | Path, data: str | Path, num_random: int = 8, seed: int = 0
 ) -> dict[str, Any]:
     """The stage-by-stage bf16 / fp16 study of docs/edge.md on a trained model and its data."""
-    from export.verify import TOLERANCES, Inputs, _Reference, compare
+    from export.verify import TOLERANCES, Inputs, Reference, compare
     from spot_core.checkpoint import load_model
 
     model, cfg = load_model(checkpoint)
     model.eval()
     inputs = Inputs(cfg, num_random=num_random, seed=seed, data=data)
-    ref = _Reference(model, cfg, inputs, 4)
+    ref = Reference(model, cfg, inputs, 4)
     x = ref.x
     with torch.no_grad():
         check = staged_forward(model, x, (), torch.float32)

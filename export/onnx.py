@@ -3,7 +3,7 @@
     python -m export.onnx --checkpoint CKPT [--preset NAME | --config FILE] [--set K=V ...] \\
         --out model.onnx [--fp16] [--with-decode] [--opset 18]
 
-Two graphs (:mod:`export.graph`), one input ``features [B, C, T]`` with a dynamic batch ``B``
+Two graphs (:mod:`spot_core.graph`), one input ``features [B, C, T]`` with a dynamic batch ``B``
 (C and T are fixed: T by the mask head):
 
 - heads: outputs ``logits [B, K+1, T]`` and ``mask [B, T, T]``;
@@ -41,12 +41,6 @@ import torch
 
 from runtime.onnx_model import (
     FORMAT,
-    GRAPH_DECODE_FIELDS,
-    OnnxModelError,
-    OnnxRunner,
-    check_onnx_metadata,
-    load_onnx,
-    read_onnx_metadata,
 )
 from spot_core import __version__
 from spot_core.checkpoint import load_model
@@ -59,19 +53,8 @@ from spot_core.model import SPOT
 
 log = logging.getLogger(__name__)
 
-# reading and running exports lives in runtime.onnx_model (re-exported here)
-__all__ = [
-    "FORMAT",
-    "GRAPH_DECODE_FIELDS",
-    "OnnxExportError",
-    "OnnxModelError",
-    "OnnxRunner",
-    "check_onnx_metadata",
-    "export_onnx",
-    "load_onnx",
-    "main",
-    "read_onnx_metadata",
-]
+# reading, checking and running exports lives in runtime.onnx_model
+__all__ = ["OnnxExportError", "export_onnx", "main", "save_proto"]
 
 MIN_OPSET = 18
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}

@@ -23,7 +23,7 @@ Two modes, both keep the float32 input and outputs, so the runtime feeds the sam
 Before quantizing, ``quant_pre_process`` runs onnxruntime's symbolic shape inference. The output
 keeps every ``spot.*`` metadata entry of the input (C, T, K, class names, config, version) with
 ``spot.precision = "int8"``, and adds ``spot.quantization`` (JSON: mode, op types, per-channel,
-calibration) and ``spot.source_sha256`` (of the fp32 file). :func:`export.onnx.OnnxRunner` and
+calibration) and ``spot.source_sha256`` (of the fp32 file). :class:`runtime.onnx_model.OnnxRunner` and
 ``python -m export.verify --onnx`` run it like any SPOT export; verify judges int8 rows by the
 mAP delta (docs/verify.md).
 
@@ -56,8 +56,9 @@ from typing import Any
 
 import numpy as np
 
-from export.onnx import FORMAT, OnnxModelError, load_onnx, read_onnx_metadata, save_proto
+from export.onnx import save_proto
 from runtime.edge import EDGE_CHUNK, EdgeGraph, bf16_cpu_model
+from runtime.onnx_model import FORMAT, OnnxModelError, load_onnx, read_onnx_metadata
 from spot_core.checkpoint import sha256_file
 from spot_core.cli import report_error, setup_logging
 from spot_core.config import ConfigError, SpotConfig

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from export.onnx import load_onnx, read_onnx_metadata
-from export.trt import check_io, onnx_io, read_engine_metadata
+from export.trt import check_io, onnx_io
+from runtime.engine import read_engine_metadata
+from runtime.onnx_model import load_onnx, read_onnx_metadata
 from spot_core.cli import report_error, setup_logging
 from spot_core.errors import SpotError
 

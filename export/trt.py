@@ -34,16 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from runtime.engine import (
-    INSTALL_HINT,
     SIDECAR_FORMAT,
     TRT_MODULES,
     TrtBuildError,
-    TrtUnavailableError,
+    TrtModule,
     load_backend,
-    read_engine_metadata,
     sidecar_path,
 )
-from runtime.engine import TrtModule as Backend
 from runtime.onnx_model import OnnxModelError, load_onnx, read_onnx_metadata
 from spot_core.checkpoint import sha256_file, write_bytes_atomic
 from spot_core.cli import report_error, setup_logging
@@ -52,26 +49,17 @@ from spot_core.graph import INPUT_NAME
 
 log = logging.getLogger(__name__)
 
-# loading engines lives in runtime.engine (re-exported here)
+# loading engines and reading their sidecars lives in runtime.engine
 __all__ = [
-    "INSTALL_HINT",
-    "SIDECAR_FORMAT",
-    "TRT_MODULES",
-    "Backend",
     "BatchProfile",
-    "TrtBuildError",
-    "TrtUnavailableError",
     "build_engine",
     "builder_config",
     "check_io",
     "engine_sidecar",
-    "load_backend",
     "main",
     "network_io",
     "onnx_io",
     "parse_onnx",
-    "read_engine_metadata",
-    "sidecar_path",
 ]
 
 # ONNX TensorProto element types and TensorRT DataType names -> numpy-style names
@@ -124,7 +112,7 @@ def check_io(path: Path, io: dict[str, list[dict[str, Any]]], meta: dict[str, An
     return inputs[0]
 
 
-def parse_onnx(backend: Backend, path: Path, *, strongly_typed: bool) -> tuple[Any, Any, Any]:
+def parse_onnx(backend: TrtModule, path: Path, *, strongly_typed: bool) -> tuple[Any, Any, Any]:
     """``(builder, network, parser)`` with ``path`` parsed; :class:`TrtBuildError` lists parser errors."""
     trt = backend.module
     logger = trt.Logger(trt.Logger.WARNING)
@@ -141,7 +129,7 @@ def parse_onnx(backend: Backend, path: Path, *, strongly_typed: bool) -> tuple[A
 
 
 def builder_config(
-    backend: Backend,
+    backend: TrtModule,
     builder: Any,
     network: Any,
     profile: BatchProfile,
@@ -203,7 +191,7 @@ def build_engine(
 ) -> Path:
     """Build a serialized engine of a SPOT ONNX export at ``out`` and its sidecar ``out.json``.
 
-    The ONNX must carry SPOT metadata (:func:`export.onnx.read_onnx_metadata`; a corrupt or
+    The ONNX must carry SPOT metadata (:func:`runtime.onnx_model.read_onnx_metadata`; a corrupt or
     truncated file is an :class:`OnnxModelError` naming it). ``profile`` spans the batch dimension.
     ``timing_cache`` is read if it exists and written back after the build (full TensorRT only).
     Raises :class:`TrtUnavailableError` when no backend imports and :class:`TrtBuildError` for an
@@ -283,7 +271,7 @@ def engine_sidecar(
     meta: dict[str, Any],
     *,
     onnx_path: Path,
-    backend: Backend,
+    backend: TrtModule,
     precision: str,
     profile: BatchProfile,
     io: dict[str, list[dict[str, Any]]],

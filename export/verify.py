@@ -51,7 +51,7 @@ Pass criteria (DESIGN.md section 7):
 
 Exit status: 0 when no row failed, 1 when one did, 2 on bad input (a missing file, a checkpoint that
 does not load, an ONNX file whose metadata does not match the checkpoint's config
-(:func:`export.onnx.check_onnx_metadata`), a heads+decode ONNX, an engine without its sidecar, a
+(:func:`runtime.onnx_model.check_onnx_metadata`), a heads+decode ONNX, an engine without its sidecar, a
 dataset folder that does not load).
 """
 
@@ -293,7 +293,10 @@ def average_map(logits: Tensor, mask: Tensor, inputs: Inputs, cfg: SpotConfig) -
 
 
 # ------------------------------------------------------------------------------------------- verify
-class _Reference:
+class Reference:
+    """The eager fp32 reference every row is compared with: outputs, detections and (with
+    windows) the mAP of ``model`` on ``inputs``, run in batches of ``batch``."""
+
     def __init__(self, model: SPOT, cfg: SpotConfig, inputs: Inputs, batch: int) -> None:
         self.cfg, self.inputs = cfg, inputs
         self.x, self.valid_len = inputs.all()
@@ -469,7 +472,7 @@ def _verify(
     if inputs.all()[0].shape[0] == 0:
         raise VerifyInputError("no input windows (--random 0 and no --data)")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    ref = _Reference(model, cfg, inputs, batch_size)
+    ref = Reference(model, cfg, inputs, batch_size)
     sizes = [1, batch_size] if batch_size > 1 else [1]  # two batch sizes: a baked-in shape shows
     rows: list[dict[str, Any]] = []
 

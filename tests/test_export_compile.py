@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from export.compile import CompileError, check_options, compile_inference, max_abs_diffs
+from export.compile import max_abs_diffs
+from runtime.compiled import CompileError, check_options, compile_inference
 from spot_core.config import SpotConfig
 from spot_core.model import SPOT
 

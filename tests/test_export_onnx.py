@@ -10,15 +10,8 @@ import torch
 
 pytest.importorskip("onnxscript")  # the dynamo exporter needs it
 
-from export.onnx import (  # noqa: E402
-    OnnxExportError,
-    OnnxModelError,
-    OnnxRunner,
-    check_onnx_metadata,
-    export_onnx,
-    main,
-    read_onnx_metadata,
-)
+from export.onnx import OnnxExportError, export_onnx, main  # noqa: E402
+from runtime.onnx_model import OnnxModelError, OnnxRunner, check_onnx_metadata, read_onnx_metadata  # noqa: E402
 from spot_core.checkpoint import save_model  # noqa: E402
 from spot_core.config import SpotConfig  # noqa: E402
 from spot_core.decode import decode_windows, num_proposals  # noqa: E402

@@ -11,9 +11,10 @@ import torch
 pytest.importorskip("onnxscript")  # the dynamo exporter needs it
 pytest.importorskip("onnxruntime")
 
-from export.onnx import OnnxRunner, export_onnx, read_onnx_metadata  # noqa: E402
+from export.onnx import export_onnx  # noqa: E402
 from export.quantize import QuantizeError, bf16_cpu_model, main, quantize_onnx  # noqa: E402
 from export.verify import INT8_MAX_MAP_DELTA, INT8_MIN_COSINE, verify  # noqa: E402
+from runtime.onnx_model import OnnxRunner, read_onnx_metadata  # noqa: E402
 from spot_core.checkpoint import save_model  # noqa: E402
 from spot_core.config import SpotConfig  # noqa: E402
 from spot_core.data.synthetic import generate_dataset  # noqa: E402

@@ -14,8 +14,9 @@ import torch
 
 pytest.importorskip("onnxscript")  # the dynamo exporter needs it
 
-from export.onnx import OnnxModelError, export_onnx  # noqa: E402
+from export.onnx import export_onnx  # noqa: E402
 from export.serving import ServingError, ServingOptions, main, model_repository  # noqa: E402
+from runtime.onnx_model import OnnxModelError  # noqa: E402
 from spot_core.config import SpotConfig  # noqa: E402
 from spot_core.decode import num_proposals  # noqa: E402
 from spot_core.model import SPOT  # noqa: E402
@@ -88,7 +89,8 @@ def test_onnx_repository_matches_schema(toy_onnx, tmp_path):
 
 
 def test_engine_repository(toy_onnx, tmp_path):
-    from export.trt import BatchProfile, TrtUnavailableError, build_engine
+    from export.trt import BatchProfile, build_engine
+    from runtime.engine import TrtUnavailableError
 
     _, _, dec = toy_onnx
     try:

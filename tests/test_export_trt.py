@@ -16,17 +16,16 @@ import torch
 
 pytest.importorskip("onnxscript")  # the dynamo exporter needs it
 
-from export.onnx import OnnxModelError, export_onnx  # noqa: E402
-from export.trt import (  # noqa: E402
-    BatchProfile,
+from export.onnx import export_onnx  # noqa: E402
+from export.trt import BatchProfile, build_engine, main  # noqa: E402
+from runtime.engine import (  # noqa: E402
     TrtBuildError,
     TrtUnavailableError,
-    build_engine,
     load_backend,
-    main,
     read_engine_metadata,
     sidecar_path,
 )
+from runtime.onnx_model import OnnxModelError  # noqa: E402
 from spot_core.config import SpotConfig  # noqa: E402
 from spot_core.decode import num_proposals  # noqa: E402
 from spot_core.model import SPOT  # noqa: E402
