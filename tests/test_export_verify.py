@@ -11,7 +11,7 @@ pytest.importorskip("onnxscript")  # the dynamo exporter needs it
 pytest.importorskip("onnxruntime")
 
 from export.onnx import export_onnx  # noqa: E402
-from export.verify import ROW_KEYS, TOLERANCES, Inputs, _Reference, compare, main, verify  # noqa: E402
+from export.verify import ROW_KEYS, TOLERANCES, Inputs, Reference, compare, main, verify  # noqa: E402
 from spot_core.checkpoint import save_model  # noqa: E402
 from spot_core.config import SpotConfig  # noqa: E402
 from spot_core.data.synthetic import generate_dataset  # noqa: E402
@@ -244,7 +244,7 @@ def test_rows_judged_normwise_for_reduced_precision_only(files):
     from spot_core.checkpoint import load_model
 
     model, cfg = load_model(files["ckpt"])
-    ref = _Reference(model, cfg, Inputs(cfg, num_random=2, seed=0, data=None), 2)
+    ref = Reference(model, cfg, Inputs(cfg, num_random=2, seed=0, data=None), 2)
     logits, mask = ref.out
     flat = logits.abs().flatten()
     i = int(flat.argmin())  # the smallest |logit|: per-element bound ~1e-3, normwise ~1e-3 + 1e-2 * max
