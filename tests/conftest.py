@@ -78,3 +78,57 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------ tiny models and files
+@pytest.fixture(scope="session")
+def make_model():
+    """``make_model(cfg, seed=0, sharpen=None)``: a random-weight SPOT of ``cfg`` in eval mode, built
+    right after ``torch.manual_seed(seed)``; ``sharpen`` multiplies the classifier's weight and bias
+    (sharper class scores: a full set of detections from every window)."""
+    import torch
+
+    from spot_core.model import SPOT
+
+    def make(cfg, seed: int = 0, sharpen: float | None = None):
+        torch.manual_seed(seed)
+        model = SPOT(cfg.model).eval()
+        if sharpen is not None:
+            with torch.no_grad():
+                model.classifier.weight.mul_(sharpen)
+                model.classifier.bias.mul_(sharpen)
+        return model
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_features():
+    """``make_features(cfg, b, seed=1)``: random features ``[b, C, T]`` from their own generator."""
+    import torch
+
+    def make(cfg, b: int, seed: int = 1):
+        g = torch.Generator().manual_seed(seed)
+        return torch.randn(b, cfg.model.feat_dim, cfg.model.num_snippets, generator=g)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def toy_files(tmp_path_factory, make_model):
+    """The toy preset's random-weight model (seed 0), its checkpoint and heads ONNX, the heads ONNX
+    of other weights (seed 1) and a tiny synthetic dataset (3 training, 2 validation videos):
+    ``{"cfg", "model", "ckpt", "onnx", "other", "data", "dir"}``, built once per test module."""
+    from export.onnx import export_onnx
+    from spot_core.checkpoint import save_model
+    from spot_core.config import SpotConfig
+    from spot_core.data.synthetic import generate_dataset
+
+    d = tmp_path_factory.mktemp("toy_files")
+    cfg = SpotConfig.preset("toy")
+    model = make_model(cfg, 0)
+    ckpt = save_model(d / "model.safetensors", model, cfg)
+    onnx = export_onnx(model, cfg, d / "model.onnx")
+    other = export_onnx(make_model(cfg, 1), cfg, d / "other.onnx")
+    data = generate_dataset(d / "data", cfg, num_train=3, num_val=2, seed=0)
+    return {"cfg": cfg, "model": model, "ckpt": ckpt, "onnx": onnx, "other": other, "data": data, "dir": d}

@@ -15,7 +15,6 @@ from runtime.onnx_model import OnnxModelError, OnnxRunner, check_onnx_metadata, 
 from spot_core.checkpoint import save_model  # noqa: E402
 from spot_core.config import SpotConfig  # noqa: E402
 from spot_core.decode import decode_windows, num_proposals  # noqa: E402
-from spot_core.model import SPOT  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,20 +22,10 @@ FP32 = {"atol": 1e-5, "rtol": 1e-4}
 FP16 = {"atol": 1e-3, "rtol": 1e-2}
 
 
-def _model(cfg: SpotConfig, seed: int = 0) -> SPOT:
-    torch.manual_seed(seed)
-    return SPOT(cfg.model).eval()
-
-
-def _features(cfg: SpotConfig, b: int, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, cfg.model.feat_dim, cfg.model.num_snippets, generator=g)
-
-
 @pytest.fixture(scope="module")
-def toy():
+def toy(make_model):
     cfg = SpotConfig.preset("toy")
-    return cfg, _model(cfg)
+    return cfg, make_model(cfg)
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +39,9 @@ def _run(path, cfg, x, **kw):
 
 
 @pytest.mark.parametrize("b", [1, 3, 8])
-def test_heads_match_eager(toy, heads_onnx, b):
+def test_heads_match_eager(toy, heads_onnx, b, make_features):
     cfg, model = toy
-    x = _features(cfg, b)
+    x = make_features(cfg, b)
     out = _run(heads_onnx, cfg, x)
     with torch.no_grad():
         logits, mask = model(x)
@@ -94,11 +83,11 @@ def test_truncated_and_missing_files(heads_onnx, tmp_path):
         OnnxRunner(tmp_path / "absent.onnx")
 
 
-def test_runner_refuses_wrong_dtype_and_shape(toy, heads_onnx):
+def test_runner_refuses_wrong_dtype_and_shape(toy, heads_onnx, make_features):
     cfg, _ = toy
     runner = OnnxRunner(heads_onnx, cfg, intra_op_threads=1)
     with pytest.raises(ValueError, match="float32"):
-        runner(_features(cfg, 2).double())
+        runner(make_features(cfg, 2).double())
     with pytest.raises(ValueError, match=r"\[B, C=32, T=64\]"):
         runner(torch.zeros(2, 32, 10))
 
@@ -113,7 +102,7 @@ def test_bad_export_requests(toy, tmp_path):
 
 
 @pytest.mark.parametrize("decode_mode", ["toy", "window"])
-def test_with_decode_matches_eager(toy, tmp_path, decode_mode):
+def test_with_decode_matches_eager(toy, tmp_path, decode_mode, make_features):
     cfg, model = toy
     if decode_mode == "window":  # the ActivityNet decode path: window class, filled longest run
         cfg = dataclasses.replace(cfg, decode=SpotConfig.preset("anet").decode)
@@ -123,7 +112,7 @@ def test_with_decode_matches_eager(toy, tmp_path, decode_mode):
     assert meta["graph"] == "heads+decode" and meta["num_proposals"] == M
     runner = OnnxRunner(path, cfg, intra_op_threads=1)
     for b in (1, 5):
-        x = _features(cfg, b, seed=b)
+        x = make_features(cfg, b, seed=b)
         out = runner(x)
         with torch.no_grad():
             ref = decode_windows(*model(x), cfg.decode)
@@ -139,12 +128,12 @@ def test_with_decode_matches_eager(toy, tmp_path, decode_mode):
         check_onnx_metadata(path, changed)
 
 
-def test_fp16_heads(toy, tmp_path):
+def test_fp16_heads(toy, tmp_path, make_features):
     cfg, model = toy
     path = export_onnx(model, cfg, tmp_path / "half.onnx", fp16=True)
     runner = OnnxRunner(path, cfg, intra_op_threads=1)
     assert runner.input_dtype == "float16" and read_onnx_metadata(path)["precision"] == "fp16"
-    x = _features(cfg, 3)
+    x = make_features(cfg, 3)
     out = runner(x, cast=True)
     with torch.no_grad():
         ref = dict(zip(("logits", "mask"), model(x), strict=True))
@@ -158,11 +147,11 @@ def test_fp16_heads(toy, tmp_path):
 
 
 @pytest.mark.slow
-def test_anet_heads_batch_2(tmp_path):
+def test_anet_heads_batch_2(tmp_path, make_features, make_model):
     cfg = SpotConfig.preset("anet")
-    model = _model(cfg)
+    model = make_model(cfg)
     path = export_onnx(model, cfg, tmp_path / "anet.onnx")
-    x = _features(cfg, 2)
+    x = make_features(cfg, 2)
     out = _run(path, cfg, x)
     with torch.no_grad():
         logits, mask = model(x)

@@ -15,22 +15,8 @@ from export.onnx import export_onnx  # noqa: E402
 from export.quantize import QuantizeError, bf16_cpu_model, main, quantize_onnx  # noqa: E402
 from export.verify import INT8_MAX_MAP_DELTA, INT8_MIN_COSINE, verify  # noqa: E402
 from runtime.onnx_model import OnnxRunner, read_onnx_metadata  # noqa: E402
-from spot_core.checkpoint import save_model  # noqa: E402
-from spot_core.config import SpotConfig  # noqa: E402
-from spot_core.data.synthetic import generate_dataset  # noqa: E402
-from spot_core.model import SPOT  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _model(cfg: SpotConfig, seed: int) -> SPOT:
-    torch.manual_seed(seed)
-    return SPOT(cfg.model).eval()
-
-
-def _features(cfg: SpotConfig, b: int, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, cfg.model.feat_dim, cfg.model.num_snippets, generator=g)
 
 
 def _ops(path) -> set[str]:
@@ -40,28 +26,15 @@ def _ops(path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """A random-weight toy checkpoint, its fp32 ONNX and dynamic int8 ONNX, another model's int8, data."""
+def files(toy_files, tmp_path_factory):
+    """The toy files (``tests/conftest.py``) with the dynamic int8 ONNX of the model and of other weights."""
     d = tmp_path_factory.mktemp("quant")
-    cfg = SpotConfig.preset("toy")
-    model = _model(cfg, 0)
-    ckpt = save_model(d / "model.safetensors", model, cfg)
-    fp32 = export_onnx(model, cfg, d / "model.onnx")
-    int8 = quantize_onnx(fp32, d / "model_int8.onnx")
-    other = quantize_onnx(export_onnx(_model(cfg, 1), cfg, d / "other.onnx"), d / "other_int8.onnx")
-    data = generate_dataset(d / "data", cfg, num_train=3, num_val=2, seed=0)
-    return {
-        "cfg": cfg,
-        "model": model,
-        "ckpt": ckpt,
-        "fp32": fp32,
-        "int8": int8,
-        "other": other,
-        "data": data,
-    }
+    int8 = quantize_onnx(toy_files["onnx"], d / "model_int8.onnx")
+    other = quantize_onnx(toy_files["other"], d / "other_int8.onnx")
+    return {**toy_files, "fp32": toy_files["onnx"], "int8": int8, "other": other}
 
 
-def test_dynamic_int8_runs_and_keeps_metadata(files):
+def test_dynamic_int8_runs_and_keeps_metadata(files, make_features):
     cfg, model = files["cfg"], files["model"]
     src, q = read_onnx_metadata(files["fp32"]), read_onnx_metadata(files["int8"])
     assert q["precision"] == "int8" and src["precision"] == "fp32"
@@ -75,7 +48,7 @@ def test_dynamic_int8_runs_and_keeps_metadata(files):
     runner = OnnxRunner(files["int8"], cfg, intra_op_threads=1)
     assert runner.input_dtype == "float32"
     for b in (1, 3):  # dynamic batch survived quantization
-        x = _features(cfg, b, seed=b)
+        x = make_features(cfg, b, seed=b)
         out = runner(x)
         with torch.no_grad():
             ref = [t.double().numpy().ravel() for t in model(x)]
@@ -87,13 +60,13 @@ def test_dynamic_int8_runs_and_keeps_metadata(files):
         assert np.abs(out["logits"].astype(np.float64).ravel() - ref[0]).max() > 1e-5  # not the fp32 graph
 
 
-def test_static_int8_calibrates_on_training_windows(files, tmp_path):
+def test_static_int8_calibrates_on_training_windows(files, tmp_path, make_features):
     out = quantize_onnx(files["fp32"], tmp_path / "static.onnx", static=True, calibration=files["data"])
     info = json.loads(read_onnx_metadata(out)["quantization"])
     assert info["mode"] == "static-qdq" and info["calibration"]["subset"] == "training"
     assert info["calibration"]["windows"] == 3  # the 3 training videos, rescale mode: one window each
     assert {"QuantizeLinear", "DequantizeLinear"} <= _ops(out)
-    y = OnnxRunner(out, files["cfg"], intra_op_threads=1)(_features(files["cfg"], 2))
+    y = OnnxRunner(out, files["cfg"], intra_op_threads=1)(make_features(files["cfg"], 2))
     assert np.isfinite(y["logits"]).all() and y["mask"].shape[0] == 2
 
 
@@ -153,9 +126,9 @@ def test_bad_inputs(files, tmp_path, capsys):
     assert read_onnx_metadata(tmp_path / "cli.onnx")["precision"] == "int8"
 
 
-def test_bf16_cpu_graph(files):
+def test_bf16_cpu_graph(files, make_features):
     cfg, model = files["cfg"], files["model"]
-    x = _features(cfg, 3)
+    x = make_features(cfg, 3)
     with torch.no_grad():
         ref = model(x)
     same = bf16_cpu_model(model, cfg, torch.float32)(x)  # the layout alone: fp32 tolerance

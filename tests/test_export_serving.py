@@ -19,7 +19,6 @@ from export.serving import ServingError, ServingOptions, main, model_repository 
 from runtime.onnx_model import OnnxModelError  # noqa: E402
 from spot_core.config import SpotConfig  # noqa: E402
 from spot_core.decode import num_proposals  # noqa: E402
-from spot_core.model import SPOT  # noqa: E402
 
 
 def _schema():
@@ -39,11 +38,10 @@ def _parse(model_dir):
 
 
 @pytest.fixture(scope="module")
-def toy_onnx(tmp_path_factory):
+def toy_onnx(tmp_path_factory, make_model):
     torch.set_num_threads(1)
     cfg = SpotConfig.preset("toy")
-    torch.manual_seed(0)
-    model = SPOT(cfg.model).eval()
+    model = make_model(cfg, 0)
     root = tmp_path_factory.mktemp("serving_onnx")
     heads = export_onnx(model, cfg, root / "heads.onnx")
     dec = export_onnx(model, cfg, root / "dec.onnx", with_decode=True)

@@ -12,7 +12,6 @@ import json
 import os
 
 import pytest
-import torch
 
 pytest.importorskip("onnxscript")  # the dynamo exporter needs it
 
@@ -28,7 +27,6 @@ from runtime.engine import (  # noqa: E402
 from runtime.onnx_model import OnnxModelError  # noqa: E402
 from spot_core.config import SpotConfig  # noqa: E402
 from spot_core.decode import num_proposals  # noqa: E402
-from spot_core.model import SPOT  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,7 +41,7 @@ def _backend():
 
 
 @pytest.fixture(scope="module")
-def onnx_files(tmp_path_factory):
+def onnx_files(tmp_path_factory, make_model):
     """``{(preset, graph): path}``, built lazily: ANet exports take seconds each."""
     root = tmp_path_factory.mktemp("trt_onnx")
     cache: dict[tuple[str, str], object] = {}
@@ -51,8 +49,7 @@ def onnx_files(tmp_path_factory):
     def get(preset: str, graph: str):
         if (preset, graph) not in cache:
             cfg = SpotConfig.preset(preset)
-            torch.manual_seed(0)
-            model = SPOT(cfg.model).eval()
+            model = make_model(cfg, 0)
             path = root / f"{preset}_{graph}.onnx"
             export_onnx(model, cfg, path, with_decode=graph == "decode", fp16=graph == "heads16")
             cache[preset, graph] = (cfg, path)

@@ -10,34 +10,17 @@ import torch
 pytest.importorskip("onnxscript")  # the dynamo exporter needs it
 pytest.importorskip("onnxruntime")
 
-from export.onnx import export_onnx  # noqa: E402
 from export.verify import ROW_KEYS, TOLERANCES, Inputs, Reference, compare, main, verify  # noqa: E402
-from spot_core.checkpoint import save_model  # noqa: E402
-from spot_core.config import SpotConfig  # noqa: E402
-from spot_core.data.synthetic import generate_dataset  # noqa: E402
-from spot_core.model import SPOT  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAST = {"num_random": 3, "batch_size": 2}
 
 
-def _model(cfg: SpotConfig, seed: int) -> SPOT:
-    torch.manual_seed(seed)
-    return SPOT(cfg.model).eval()
-
-
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """A random-weight toy checkpoint, its ONNX, an ONNX of other weights, a tiny dataset folder."""
-    d = tmp_path_factory.mktemp("verify")
-    cfg = SpotConfig.preset("toy")
-    model = _model(cfg, 0)
-    ckpt = save_model(d / "model.safetensors", model, cfg)
-    onnx = export_onnx(model, cfg, d / "model.onnx")
-    other = export_onnx(_model(cfg, 1), cfg, d / "other.onnx")
-    data = generate_dataset(d / "data", cfg, num_train=3, num_val=2, seed=0)
-    return {"cfg": cfg, "ckpt": ckpt, "onnx": onnx, "other": other, "data": data, "dir": d}
+def files(toy_files):
+    """The toy checkpoint, its ONNX, an ONNX of other weights and a tiny dataset (``tests/conftest.py``)."""
+    return toy_files
 
 
 def _by(rows, backend, precision="fp32"):

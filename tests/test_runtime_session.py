@@ -20,20 +20,14 @@ from runtime.session import (
 from spot_core import __version__
 from spot_core.checkpoint import save_model
 from spot_core.config import SpotConfig
-from spot_core.model import SPOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def toy():
+def toy(make_model):
     cfg = SpotConfig.preset("toy").replace(class_names=tuple(f"act{i}" for i in range(6)))
-    torch.manual_seed(0)
-    model = SPOT(cfg.model).eval()
-    with torch.no_grad():
-        model.classifier.weight.mul_(5)
-        model.classifier.bias.mul_(5)
-    return model, cfg
+    return make_model(cfg, 0, sharpen=5), cfg
 
 
 @pytest.fixture(scope="module")
