@@ -56,6 +56,14 @@ PEER = {
     "sup10": {"1->2": 72.1, "2->1": 92.0},
     "linear": {"1->2": 6.3, "2->1": 11.3},
 }
+#: ActRecTut architectures (``--arch``): the ``actrectut`` preset (local backbone, pairwise mask head,
+#: issue 14) and the original SPOT model with the recipe of issue 3 (runs cached before ``arch``
+#: existed are of this one)
+ARCHS = ("local-pairwise", "spot")
+ARCH_NAMES = {
+    "local-pairwise": "backbone local + mask head pairwise (the `actrectut` preset)",
+    "spot": "backbone spot + mask head spot (the original; `SPOT_ORIGINAL_ACTRECTUT` overrides)",
+}
 # toy rows at 10% labels: as many optimiser steps per epoch as the 100% run (240 videos / batch 16)
 TOY_STEPS = 15
 TOY_PRETRAIN = 10
@@ -63,10 +71,20 @@ log = logging.getLogger("ssl_results")
 
 
 # ------------------------------------------------------------------------------------------ runs
-def run_actrectut(row: str, direction: str, seed: int, data: Path, context: tuple[int, ...]) -> dict:
+def arch_config(arch: str):
+    """The ActRecTut config of an architecture (before the row's switches and the seed)."""
+    from spot_core.config import SPOT_ORIGINAL_ACTRECTUT, SpotConfig
+
+    cfg = SpotConfig.preset("actrectut")
+    return cfg.override(list(SPOT_ORIGINAL_ACTRECTUT)) if arch == "spot" else cfg
+
+
+def run_actrectut(
+    row: str, direction: str, seed: int, data: Path, context: tuple[int, ...], arch: str = ARCHS[0]
+) -> dict:
     from spot_core.actrectut import run_direction
 
-    return run_direction(data, direction, row, seed, context=context)
+    return run_direction(data, direction, row, seed, cfg=arch_config(arch), context=context)
 
 
 def run_toy(row: str, seed: int, data_dir: Path) -> dict:
@@ -100,11 +118,15 @@ def _toy_overrides(row: str, seed: int) -> list[str]:
     return sets
 
 
+def _arch(r: dict) -> str:
+    return r.get("arch", "spot") if r["dataset"] == "actrectut" else ""
+
+
 def _key(r: dict) -> tuple:
-    return (r["dataset"], r["row"], r.get("direction", ""), r["seed"], tuple(r.get("context", [])))
+    return (r["dataset"], r["row"], r.get("direction", ""), r["seed"], tuple(r.get("context", [])), _arch(r))
 
 
-def _run_config(dataset: str, row: str) -> dict:
+def _run_config(dataset: str, row: str, arch: str = "") -> dict:
     """The config of a row (seed 0) as a flat ``{"section.key": value}`` dict."""
     from spot_core.config import SpotConfig
 
@@ -113,7 +135,7 @@ def _run_config(dataset: str, row: str) -> dict:
     else:
         from spot_core.actrectut import variant_config
 
-        cfg = variant_config(SpotConfig.preset("actrectut"), row, 0)
+        cfg = variant_config(arch_config(arch), row, 0)
     return _flat(cfg.to_dict())
 
 
@@ -163,14 +185,18 @@ def render(runs: list[dict], command: str) -> str:
         f"Last rendered by `{command}`, from every cached run made with the current settings.",
         "",
     ]
-    ctx_sets = sorted({tuple(r.get("context", [])) for r in runs if r["dataset"] == "actrectut"})
-    for ctx in ctx_sets or [()]:
-        sel = [r for r in runs if r["dataset"] == "actrectut" and tuple(r.get("context", [])) == ctx]
+    groups = {(_arch(r), tuple(r.get("context", []))) for r in runs if r["dataset"] == "actrectut"}
+    for arch, ctx in sorted(groups, key=lambda g: (ARCHS.index(g[0]), g[1])) or [(ARCHS[0], ())]:
+        sel = [
+            r for r in runs
+            if r["dataset"] == "actrectut" and tuple(r.get("context", [])) == ctx and _arch(r) == arch
+        ]  # fmt: skip
         title = (
             "protocol features (60 dims)"
             if not ctx
             else f"diagnostic: context-stacked features, offsets {list(ctx)}"
         )
+        title += f"; {ARCH_NAMES[arch]}"
         lines += [
             f"### ActRecTut, cross-subject, {title}",
             "",
@@ -229,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="R,D",
         help="ActRecTut diagnostic: stack +-R snippets with dilation D (default: the protocol's features)",
     )
+    p.add_argument("--arch", default=ARCHS[0], choices=ARCHS, help="ActRecTut model (default: the preset's)")
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "actrectut")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -250,13 +277,15 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 for row in args.rows:
                     for d in args.directions if ds == "actrectut" else [""]:
+                        arch = args.arch if ds == "actrectut" else ""
                         key_r = {"dataset": ds, "row": row, "direction": d, "seed": seed,
                                  "context": list(context) if ds == "actrectut" else [],
-                                 "config": _run_config(ds, row)}  # fmt: skip
+                                 **({"arch": arch} if arch else {}),
+                                 "config": _run_config(ds, row, arch)}  # fmt: skip
                         if _key(key_r) in done:
                             continue
                         if ds == "actrectut":
-                            r = run_actrectut(row, d, seed, args.data, context)
+                            r = run_actrectut(row, d, seed, args.data, context, arch)
                         else:
                             if toy_dir is None:
                                 from spot_core.config import SpotConfig
@@ -283,10 +312,10 @@ def main(argv: list[str] | None = None) -> int:
 def current_runs(cache: list[dict]) -> list[dict]:
     """The latest cached run per key, among runs made with the current settings (:func:`same_settings`)."""
     latest = {_key(r): r for r in cache if "config" in r}
-    memo: dict[tuple[str, str], dict] = {}
+    memo: dict[tuple[str, str, str], dict] = {}
     out = []
     for r in latest.values():
-        k = (r["dataset"], r["row"])
+        k = (r["dataset"], r["row"], _arch(r))
         if k not in memo:
             memo[k] = _run_config(*k)
         if same_settings(r["config"], memo[k]):

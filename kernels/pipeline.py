@@ -37,7 +37,13 @@ from spot_core.decode import Detections
 from spot_core.decode_steps import Proposals
 from spot_core.model import SPOT
 
-__all__ = ["detect_from_hidden", "fused_detect", "proposals_from_hidden"]
+__all__ = [
+    "detect_from_hidden",
+    "detect_from_pairwise",
+    "fused_detect",
+    "pairwise_rows",
+    "proposals_from_hidden",
+]
 
 
 @torch.no_grad()
@@ -92,6 +98,53 @@ def detect_from_hidden(
         logits, h, w2, cfg,
         video_class=video_class, video_score=video_score, valid_len=valid_len, backend=backend,
     )  # fmt: skip
+    return _suppress(props, logits, cfg, backend)
+
+
+def pairwise_rows(q: Tensor, k: Tensor, rel_bias: Tensor, top: Tensor) -> Tensor:
+    """The top rows of the ``pairwise`` head's mask without the ``[B, T, T]`` map.
+
+    ``q``, ``k`` ``[B, dq, T]`` (q pre-scaled, :meth:`SPOT.mask_qk`), ``rel_bias`` ``[2T - 1]``,
+    ``top`` ``[B, k]``: ``[B, k, T]`` float32 rows
+    ``rows[b, i, j] = sigmoid(q[b, :, top_i] . k[b, :, j] + rel_bias[j - top_i + T - 1])``
+    (a batched matmul of k rows instead of T).
+    """
+    B, dq, T = q.shape
+    q_top = q.gather(2, top[:, None, :].expand(B, dq, top.shape[1]))  # q_top: [B, dq, k]
+    logit = torch.matmul(q_top.transpose(1, 2).float(), k.float())  # logit: [B, k, T]
+    off = torch.arange(T, device=q.device)[None, None, :] - top[:, :, None] + (T - 1)  # off: [B, k, T]
+    return torch.sigmoid(logit + rel_bias.float()[off])
+
+
+@torch.no_grad()
+def detect_from_pairwise(
+    logits: Tensor,
+    q: Tensor,
+    k: Tensor,
+    rel_bias: Tensor,
+    cfg: DecodeConfig,
+    *,
+    video_class: Tensor | None = None,
+    video_score: Tensor | None = None,
+    valid_len: Tensor | None = None,
+    backend: Backend = "auto",
+) -> Detections:
+    """``detect`` for the ``pairwise`` mask head from the class logits ``[B, K+1, T]``, its queries
+    and keys ``[B, dq, T]`` and offset bias ``[2T - 1]``: the k top rows by :func:`pairwise_rows`,
+    steps 4-5 as in the reference decode, dedup and Soft-NMS in its kernel. Step 4 runs as torch
+    ops on the rows here (the fused mask kernel is written for the ``spot`` head's ``W2 @ h``)."""
+    d = steps.decode_inputs(
+        logits, cfg, video_class=video_class, video_score=video_score, valid_len=valid_len
+    )
+    rows = pairwise_rows(q, k, rel_bias, d.top)  # rows: [B, k, T]
+    mp = steps.mask_proposals(rows, d.top, d.top_ok, d.valid_t, d.p, steps.row_labels(d), d.ws, cfg)
+    cprops = steps.class_proposals(d.s, d.c, rows, d.top, d.top_ok, d.valid_t, d.wc, cfg)
+    props = steps.combine_proposals(Proposals(*mp), cprops, d.ws)
+    return _suppress(props, logits, cfg, backend)
+
+
+def _suppress(props: Proposals, logits: Tensor, cfg: DecodeConfig, backend: Backend) -> Detections:
+    """Dedup and batched Soft-NMS of each window's proposals (the last step of both heads' paths)."""
     T, K = logits.shape[2], logits.shape[1] - 1
     keep = steps.dedup(props, T, K)
     seg, sc, lab, val, _ = soft_nms(
@@ -118,8 +171,14 @@ def fused_detect(
     Runs under any autocast the caller set (bf16 on GPU: the hidden map reaches the kernel in
     bf16 and is upcast there)."""
     emb = model.embed(x)
-    logits = model.classifier(emb)
+    logits = model.classify(emb)
     h = model.mask_hidden(emb)
+    if model.cfg.mask_head == "pairwise":
+        q, k = model.mask_qk(h)
+        return detect_from_pairwise(
+            logits, q, k, model.mask_rel_bias, cfg,
+            video_class=video_class, video_score=video_score, valid_len=valid_len, backend=backend,
+        )  # fmt: skip
     return detect_from_hidden(
         logits, h, model.mask_weight, cfg,
         video_class=video_class, video_score=video_score, valid_len=valid_len, backend=backend,

@@ -31,6 +31,13 @@ class EdgeGraph(nn.Module):
     ) -> None:
         super().__init__()
         check_model_matches(model, cfg)
+        m = cfg.model
+        if (m.backbone, m.mask_head, m.cls_head) != ("spot", "spot", "linear"):
+            raise ValueError(
+                f"the CPU edge graph is written for the original SPOT model (backbone spot, mask head "
+                f"spot, linear classifier); this model has backbone {m.backbone!r}, mask head "
+                f"{m.mask_head!r}, classifier {m.cls_head!r}: use the eager bf16 or onnxruntime backends"
+            )
         if chunk < 1:
             raise ValueError(f"chunk must be >= 1 window, got {chunk}")
         e = model.embedding

@@ -49,6 +49,9 @@ class ModelConfig:
     mlp_ratio: int = 2
     input_dropout: float = 0.0  # dropout on the input features (local / conv backbones)
     abs_pos: bool = False  # add a sinusoidal absolute position code after the stem
+    # standardise each window's input per channel over its T snippets (local / conv backbones):
+    # removes offsets of a whole recording (sensor placement, subject) that training never saw
+    window_norm: bool = False
     cls_head: str = "linear"  # "linear": 1x1 conv (original); "conv": head_layers x conv k=3 then conv k=3
     head_layers: int = 2
     mask_head: str = "spot"  # "spot": 1x1 conv to T absolute columns (original); "pairwise": q.k + b(j-t)
@@ -134,6 +137,9 @@ class SemiConfig:
     split_seed: int = 0  # seed of the labeled_fraction split
     use_unlabeled: bool = True  # False: stage 2 trains on the labelled windows only
     pretrain_epochs: int = 0  # stage 1 epochs (the original: 30)
+    # None: a stage-1 epoch is one pass over all training windows; N: exactly N batches drawn from
+    # reshuffled passes (dense training crops would otherwise make stage 1 many times longer)
+    pretrain_steps_per_epoch: int | None = None
     # a fresh optimiser (and LR schedule) for stage 2 instead of stage 1's Adam moments
     reset_optimizer: bool = True
     refine: bool = True  # contrastive boundary refinement in stage 2
@@ -433,6 +439,10 @@ def _validate_semi(s: SemiConfig) -> None:
         raise ConfigError(f"semi.rampup_epochs must be >= 0, got {s.rampup_epochs}")
     if s.pretrain_epochs < 0:
         raise ConfigError(f"semi.pretrain_epochs must be >= 0, got {s.pretrain_epochs}")
+    if s.pretrain_steps_per_epoch is not None and s.pretrain_steps_per_epoch < 1:
+        raise ConfigError(
+            f"semi.pretrain_steps_per_epoch must be >= 1 or null, got {s.pretrain_steps_per_epoch}"
+        )
     if s.unlabeled_batch_size is not None and s.unlabeled_batch_size < 1:
         raise ConfigError(f"semi.unlabeled_batch_size must be >= 1 or null, got {s.unlabeled_batch_size}")
     if s.pseudo_view not in ("same", "corrupted"):
@@ -489,7 +499,10 @@ def _toy() -> SpotConfig:
 
 def _actrectut() -> SpotConfig:
     """ActRecTut gesture streams (``spot_core.actrectut``): 60-dim snippets at 4 per second,
-    windows of 128 snippets (32 s), 11 classes, THUMOS tIoUs."""
+    windows of 128 snippets (32 s), 11 classes, THUMOS tIoUs. The winning configuration of issue 14
+    (docs/results.md): the ``local`` backbone with per-window input standardisation, a conv
+    classifier, the ``pairwise`` mask head, random crops (training stride 2), weight EMA, and every
+    snippet's row decoded (``top_k = T``). ``SPOT_ORIGINAL_ACTRECTUT`` restores the original model."""
     return SpotConfig(
         name="actrectut",
         model=ModelConfig(
@@ -499,22 +512,50 @@ def _actrectut() -> SpotConfig:
             num_heads=4,
             head_dim=32,
             mask_hidden=128,
-            embed_dropout=0.1,
+            embed_dropout=0.2,
+            backbone="local",
+            hidden_dim=128,
+            stem_layers=2,
+            num_layers=4,
+            attn_window=16,
+            input_dropout=0.4,
+            window_norm=True,
+            cls_head="conv",
+            mask_head="pairwise",
         ),
-        data=DataConfig(mode="window", stride=32, snippet_rate=4.0, protocol="thumos"),
+        data=DataConfig(mode="window", stride=32, train_stride=2, snippet_rate=4.0, protocol="thumos"),
         train=TrainConfig(
-            epochs=10,
+            epochs=20,
             batch_size=16,
             lr=1e-3,
             weight_decay=1e-4,
-            lr_step=8,
+            lr_step=16,
             lr_gamma=0.2,
             seed=0,
             steps_per_epoch=30,
+            ema_decay=0.99,
         ),
-        semi=SemiConfig(pretrain_epochs=5),
-        decode=DecodeConfig(class_mode="snippet", mask_segment="anchored", nms_class_aware=True),
+        semi=SemiConfig(pretrain_epochs=5, pretrain_steps_per_epoch=30),
+        decode=DecodeConfig(top_k=128, class_mode="snippet", mask_segment="anchored", nms_class_aware=True),
     )
+
+
+#: ``--set`` overrides that turn the ``actrectut`` preset back into the original SPOT model and the
+#: recipe of issue 3 (docs/results.md, "spot" rows)
+SPOT_ORIGINAL_ACTRECTUT = (
+    "model.backbone=spot",
+    "model.mask_head=spot",
+    "model.cls_head=linear",
+    "model.embed_dropout=0.1",
+    "model.input_dropout=0.0",
+    "model.window_norm=false",
+    "data.train_stride=null",
+    "train.epochs=10",
+    "train.lr_step=8",
+    "train.ema_decay=null",
+    "decode.top_k=10",
+    "semi.pretrain_steps_per_epoch=null",
+)
 
 
 _PRESETS = {"anet": _anet, "toy": _toy, "actrectut": _actrectut}

@@ -187,6 +187,7 @@ class TemporalBackbone(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         e, t = cfg.embed_dim, cfg.num_snippets
+        self.window_norm = cfg.window_norm
         self.in_drop = nn.Dropout(cfg.input_dropout)
         self.stem = conv_stack(cfg.feat_dim, e, cfg.stem_layers)
         if cfg.abs_pos:
@@ -207,6 +208,8 @@ class TemporalBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x: [B, C, T]
+        if self.window_norm:  # per window and channel: zero mean, unit variance over the T snippets
+            x = (x - x.mean(dim=2, keepdim=True)) / (x.std(dim=2, keepdim=True, unbiased=False) + 1e-3)
         z = self.stem(self.in_drop(x))  # [B, E, T]
         if self.pos is not None:
             z = z + self.pos

@@ -99,6 +99,7 @@ _ADDED_LATER = {
     "data": ("train_stride",),
     "train": ("ema_decay", "optimizer", "time_warp"),
     "loss": ("label_smoothing",),
+    "semi": ("pretrain_steps_per_epoch",),
 }  # fmt: skip
 
 
@@ -115,7 +116,7 @@ def _resume_config(cfg: SpotConfig) -> dict:
     for section, keys in _ADDED_LATER.items():  # likewise, at their defaults
         defaults = getattr(SpotConfig(), section)
         for key in keys:
-            if getattr(getattr(cfg, section), key) == getattr(defaults, key):
+            if section in d and getattr(getattr(cfg, section), key) == getattr(defaults, key):
                 d[section].pop(key, None)
     for key in RESUME_MAY_CHANGE:
         *path, last = key.split(".")
@@ -384,6 +385,18 @@ def _labeled_loader(dataset: WindowDataset, cfg: SpotConfig, gen: torch.Generato
     return DataLoader(dataset, batch_size=tr.batch_size, sampler=sampler, num_workers=tr.num_workers)
 
 
+def _pretrain_loader(dataset: WindowDataset, cfg: SpotConfig, gen: torch.Generator) -> DataLoader:
+    """One stage-1 epoch: one shuffled pass over all windows, or ``semi.pretrain_steps_per_epoch``
+    full batches drawn from reshuffled passes."""
+    tr, steps = cfg.train, cfg.semi.pretrain_steps_per_epoch
+    if steps is None:
+        return DataLoader(
+            dataset, batch_size=tr.batch_size, shuffle=True, generator=gen, num_workers=tr.num_workers
+        )
+    sampler = RandomSampler(dataset, num_samples=steps * tr.batch_size, generator=gen)
+    return DataLoader(dataset, batch_size=tr.batch_size, sampler=sampler, num_workers=tr.num_workers)
+
+
 def _forever(loader: DataLoader):
     """Batches of ``loader``, starting a new pass whenever one ends."""
     while True:
@@ -585,12 +598,8 @@ def train_on_windows(
     for epoch in range(start_pre, cfg.semi.pretrain_epochs):
         t0 = time.perf_counter()
         torch.manual_seed(pretrain_seed(cfg.train.seed, epoch))
-        loader = DataLoader(
-            all_windows,
-            batch_size=cfg.train.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(pretrain_seed(cfg.train.seed, epoch)),
-            num_workers=cfg.train.num_workers,
+        loader = _pretrain_loader(
+            all_windows, cfg, torch.Generator().manual_seed(pretrain_seed(cfg.train.seed, epoch))
         )
         aug = torch.Generator().manual_seed(_aug_seed(cfg.train.seed, "pretrain", epoch))
         for prm in classifier_parameters(model):  # frozen before DDP is built: it syncs the rest

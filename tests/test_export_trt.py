@@ -63,6 +63,8 @@ def onnx_files(tmp_path_factory, make_model):
     [
         ("toy", "heads"),
         ("toy", "decode"),
+        ("actrectut", "heads"),  # backbone local + mask head pairwise (issue 14)
+        pytest.param("actrectut", "decode", marks=pytest.mark.slow),
         pytest.param("anet", "heads", marks=pytest.mark.slow),
         pytest.param("anet", "decode", marks=pytest.mark.slow),
     ],
