@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +42,12 @@ import numpy as np
 import torch
 
 from .config import SpotConfig
-from .data.annotations import AnnotationSet, Instance, Video, read_actrectut_json
+from .data import streams as streams_lib
+from .data.annotations import AnnotationSet, Video, read_actrectut_json
 from .data.features import snippetize_stream
-from .data.streams import read_stream
+from .data.streams import draw_labeled, read_stream
+from .data.streams import join_runs as _runs
+from .data.streams import sub_video as _sub_video
 from .data.windows import FeatureStats, Window, make_windows
 from .evaluation import PROTOCOLS, evaluate_detection
 from .inference import predict_windows
@@ -116,81 +118,16 @@ def fit_standardiser(train: Stream) -> FeatureStats:
 
 
 def forbidden_cuts(video: Video, num_snippets: int, rate: float = SNIPPET_RATE) -> np.ndarray:
-    """``[N + 1]`` bool: snippet boundary c may not be a cut (an instance covers or touches a snippet
-    on both sides of it: c in ``[floor(start * rate), ceil(end * rate)]``)."""
-    bad = np.zeros(num_snippets + 1, dtype=bool)
-    for inst in video.instances:
-        a = max(int(math.floor(inst.start * rate)), 0)
-        b = min(int(math.ceil(inst.end * rate)), num_snippets)
-        if b >= a:
-            bad[a : b + 1] = True
-    return bad
+    """:func:`spot_core.data.streams.forbidden_cuts` at the protocol's 4 snippets per second."""
+    return streams_lib.forbidden_cuts(video, num_snippets, rate)
 
 
 def cut_pieces(
     video: Video, num_snippets: int, piece_sec: float = 60.0, rate: float = SNIPPET_RATE
 ) -> list[tuple[int, int]]:
-    """Cut ``[0, N)`` snippets into pieces of about ``piece_sec``: ``[(a, b), ...]`` covering the stream.
-
-    Each cut is the allowed boundary (:func:`forbidden_cuts`) nearest to ``k * piece_sec``; a piece is
-    at least half a piece long, so the last piece takes the remainder (up to 1.5 pieces).
-    """
-    n = num_snippets
-    step = piece_sec * rate
-    bad = forbidden_cuts(video, n, rate)
-    ok = np.flatnonzero(~bad)
-    cuts = [0]
-    k = 1
-    while k * step < n:
-        target = k * step
-        k += 1
-        lo, hi = cuts[-1] + 0.5 * step, n - 0.5 * step
-        cand = ok[(ok >= lo) & (ok <= hi)]
-        if cand.size == 0:
-            continue
-        c = int(cand[np.argmin(np.abs(cand - target))])
-        if c > cuts[-1]:
-            cuts.append(c)
-    cuts.append(n)
-    return list(zip(cuts[:-1], cuts[1:], strict=True))
-
-
-def draw_labeled(num_pieces: int, fraction: float, seed: int) -> list[int]:
-    """Indices (sorted) of the pieces that keep their labels: a seeded random ``round(fraction * n)``,
-    at least one."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
-    k = min(num_pieces, max(1, round(fraction * num_pieces)))
-    rng = np.random.default_rng(seed)
-    return sorted(int(i) for i in rng.choice(num_pieces, size=k, replace=False))
-
-
-def _sub_video(video: Video, a: int, b: int, name: str, subset: str, labeled: bool, rate: float) -> Video:
-    """Snippets ``[a, b)`` of a stream as a video of its own (instances shifted to its start)."""
-    t0, t1 = a / rate, b / rate
-    inst = [
-        Instance(i.start - t0, i.end - t0, i.label) for i in video.instances if i.start >= t0 and i.end <= t1
-    ]
-    return Video(
-        video_id=name,
-        duration=t1 - t0,
-        subset=subset,
-        instances=inst,
-        labeled=labeled,
-        fps=rate,
-        num_frames=b - a,
-    )
-
-
-def _runs(pieces: list[tuple[int, int]], status: list[bool]) -> list[tuple[int, int, bool]]:
-    """Consecutive pieces of the same status joined: ``[(a, b, status), ...]``."""
-    out: list[tuple[int, int, bool]] = []
-    for (a, b), s in zip(pieces, status, strict=True):
-        if out and out[-1][2] == s and out[-1][1] == a:
-            out[-1] = (out[-1][0], b, s)
-        else:
-            out.append((a, b, s))
-    return out
+    """:func:`spot_core.data.streams.cut_pieces` (pieces of about ``piece_sec``, cut at background)
+    at the protocol's 4 snippets per second."""
+    return streams_lib.cut_pieces(video, num_snippets, piece_sec, rate)
 
 
 @dataclass
