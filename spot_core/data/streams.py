@@ -11,8 +11,7 @@ the training streams only), which training stores beside the model so that infer
 same one (:meth:`StreamFeaturizer.for_model`; :class:`RawChunker` for live samples). Labelled
 pieces: :func:`split_pieces` cuts long training streams at background into pieces and keeps the
 labels of a seeded fraction of them (``--labeled-fraction`` of ``spot_core.train`` on long
-streams). The dataset CLI (``python -m spot_core.data.streams``) lives in
-:mod:`spot_core.data.prepare`.
+streams). Raw recordings + annotations -> a dataset folder: ``python -m spot_core.data.prepare``.
 """
 
 from __future__ import annotations
