@@ -191,6 +191,10 @@ class DecodeConfig:
     nms_sigma: float = 0.1  # Gaussian Soft-NMS decay exp(-iou^2 / sigma)
     nms_class_aware: bool = False
     max_detections: int = 100  # per video (or per window before merging)
+    # window mode: when the windows of a video are merged, join a detection that reaches its window's
+    # end with the same action's detection in a later overlapping window (spot_core.decode.stitch_windows),
+    # so an action longer than a window comes out as one segment
+    stitch: bool = False
 
 
 @dataclass(frozen=True)
@@ -382,6 +386,8 @@ def validate(cfg: SpotConfig) -> None:
         raise ConfigError(f"decode.nms_sigma must be > 0, got {dec.nms_sigma}")
     if dec.max_detections < 1:
         raise ConfigError(f"decode.max_detections must be >= 1, got {dec.max_detections}")
+    if dec.stitch and dc.mode != "window":
+        raise ConfigError("decode.stitch joins detections across windows: it needs data.mode=window")
     if tr.epochs < 0 or tr.batch_size < 1:
         raise ConfigError("train.epochs must be >= 0 and train.batch_size >= 1")
     if tr.steps_per_epoch is not None and tr.steps_per_epoch < 1:
@@ -558,4 +564,21 @@ SPOT_ORIGINAL_ACTRECTUT = (
 )
 
 
-_PRESETS = {"anet": _anet, "toy": _toy, "actrectut": _actrectut}
+def _stream() -> SpotConfig:
+    """Any long stream (``python -m spot_core.data.prepare`` folders): the ``actrectut`` model, training
+    and decode settings, with native-rate windows and THUMOS tIoUs, the snippet rate, feature width,
+    class count and class names taken from the data by ``python -m spot_core.train --data`` (the
+    values here are placeholders; ``--set`` fixes one), and detections stitched across windows so
+    that actions longer than a window come out whole (``decode.stitch``)."""
+    base = _actrectut()
+    return base.replace(
+        name="stream",
+        data=dataclasses.replace(base.data, snippet_rate=None),
+        decode=dataclasses.replace(base.decode, stitch=True),
+    )
+
+
+#: presets whose feature width, class count and snippet rate come from the data (spot_core.train)
+DATA_SIZED_PRESETS = ("stream",)
+
+_PRESETS = {"anet": _anet, "toy": _toy, "actrectut": _actrectut, "stream": _stream}

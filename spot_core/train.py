@@ -1,14 +1,25 @@
 """``python -m spot_core.train --preset toy --data DIR --out DIR [--resume]``: train SPOT.
 
+Sizes: with a preset that takes them from the data (``--preset stream``) the feature width, class
+count, class names and snippet rate come from ``--data`` unless ``--set`` fixes them; any other
+preset must match the data (a clear error otherwise). A folder written by
+``python -m spot_core.data.prepare`` has a ``stream_features.json`` (the raw-stream featuriser and
+its standardisation); it is copied beside the checkpoints for inference on raw recordings.
+
 Semi-supervised: ``--labeled-fraction F`` (or ``--split FILE``) keeps the labels of part of the
-training videos; the rest are used unlabelled. ``--set semi.pretrain_epochs=N`` pretrains first
-(``--no-pretrain`` sets it to 0); ``--no-refine`` turns off the contrastive boundary refinement.
+training videos; the rest are used unlabelled. In window mode, when a training stream is longer
+than two pieces (``--piece-sec``, default 60 s), the streams are cut at background into pieces
+and ``F`` of the pieces keep their labels (:func:`spot_core.data.datasets.load_piece_windows`).
+``--set semi.pretrain_epochs=N`` pretrains first (``--no-pretrain`` sets it to 0); ``--no-refine``
+turns off the contrastive boundary refinement.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,6 +43,42 @@ def semi_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
+log = logging.getLogger(__name__)
+
+
+def fixed_keys(args: argparse.Namespace) -> set[str]:
+    """The config keys the command line fixes (``--set KEY=...``)."""
+    return {a.split("=", 1)[0].strip() for a in args.overrides if "=" in a}
+
+
+def use_pieces(cfg, data_dir: str | Path, piece_sec: float) -> bool:
+    """Labelled pieces rather than whole videos: a label fraction, window mode, and a training stream
+    longer than two pieces."""
+    if cfg.semi.labeled_fraction is None or cfg.data.mode != "window":
+        return False
+    from .data.annotations import load_annotations
+    from .data.datasets import ANNOTATIONS_FILE
+
+    aset = load_annotations(Path(data_dir) / ANNOTATIONS_FILE)
+    return any(v.duration > 2 * piece_sec for v in aset.training())
+
+
+def train_pieces(cfg, data_dir: str | Path, out_dir: str | Path, piece_sec: float, **kw):
+    """:func:`spot_core.training.train_on_windows` on labelled pieces of the training streams,
+    validated on the folder's validation streams."""
+    from .data.datasets import load_dataset, load_piece_windows
+    from .training import train_on_windows
+
+    sc = cfg.semi
+    _, windows, _ = load_piece_windows(
+        data_dir, cfg, sc.labeled_fraction, seed=sc.split_seed, piece_sec=piece_sec
+    )
+    val_set, val_windows = load_dataset(data_dir, cfg, "validation")
+    if not cfg.class_names:
+        cfg = cfg.replace(class_names=tuple(val_set.classes))
+    return train_on_windows(cfg, windows, val_set, val_windows, out_dir, **kw)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m spot_core.train", description=__doc__)
     add_config_args(p)
@@ -52,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the labels of this fraction of the training videos (seed: semi.split_seed)",
     )
     lab.add_argument("--split", metavar="FILE", help="video_info csv marking training_unlabel videos")
+    g.add_argument(
+        "--piece-sec",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="window mode, long streams: label pieces of about S seconds cut at background (default 60)",
+    )
     g.add_argument("--no-pretrain", action="store_true", help="skip stage 1 (semi.pretrain_epochs=0)")
     g.add_argument("--no-refine", action="store_true", help="no contrastive boundary refinement")
     p.add_argument("--no-progress", action="store_true")
@@ -65,11 +119,21 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or (f"cuda:{dc.local_rank}" if dc.enabled and torch.cuda.is_available() else "cpu")
 
     try:
-        cfg = config_from_args(args)
+        from .data.datasets import sized_from_data
+        from .data.streams import FEATURIZER_FILE
+
+        cfg = sized_from_data(config_from_args(args), args.data, fixed_keys(args))
         cfg = cfg.override(semi_overrides(args))
-        res = train(
-            cfg, args.data, args.out, resume=args.resume, progress=not args.no_progress, device=device
-        )
+        kw = {"resume": args.resume, "progress": not args.no_progress, "device": device}
+        if args.piece_sec <= 0:
+            raise ValueError(f"--piece-sec must be > 0, got {args.piece_sec}")
+        if use_pieces(cfg, args.data, args.piece_sec):
+            res = train_pieces(cfg, args.data, args.out, args.piece_sec, **kw)
+        else:
+            res = train(cfg, args.data, args.out, **kw)
+        featurizer = Path(args.data) / FEATURIZER_FILE
+        if dc.is_main and featurizer.is_file():
+            shutil.copyfile(featurizer, Path(args.out) / FEATURIZER_FILE)
         # every rank waits here for the others (rank 0 still validates and writes checkpoints):
         # a rank that tore down its gloo group while a peer was busy aborted once in CI
         dc.barrier()

@@ -10,8 +10,10 @@ out the same way)::
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import Dataset
@@ -20,6 +22,9 @@ from ..config import SpotConfig
 from .annotations import AnnotationError, AnnotationSet, load_annotations
 from .features import FeatureError, FeatureStore
 from .windows import FeatureStats, Window, make_windows
+
+if TYPE_CHECKING:
+    from .streams import PieceSplit
 
 logger = logging.getLogger(__name__)
 
@@ -112,3 +117,131 @@ def load_dataset(
     windows = make_windows(part, store, wcfg, targets=targets, stats=stats, progress=progress)
     logger.info("%s: %d videos (%s) -> %d windows", data_dir, len(part), subset or "all", len(windows))
     return part, windows
+
+
+@dataclass(frozen=True)
+class DataSizes:
+    """What a dataset folder says about the model's sizes (:func:`dataset_sizes`)."""
+
+    feat_dim: int  # C of the feature files
+    classes: tuple[str, ...]  # the annotation file's class list
+    snippet_rate: float | None  # snippets per second when every video has the same one (window mode)
+
+
+def dataset_sizes(data_dir: str | Path) -> DataSizes:
+    """Feature width, classes and snippet rate of a dataset folder, read without loading the features
+    (``.npy`` files are memory-mapped; every file must have the same width)."""
+    from .streams import read_stream
+
+    data_dir = Path(data_dir)
+    anno = data_dir / ANNOTATIONS_FILE
+    if not anno.is_file():
+        raise AnnotationError(
+            f"{anno}: not found (a dataset folder holds {ANNOTATIONS_FILE} and {FEATURES_DIR}/)"
+        )
+    aset = load_annotations(anno)
+    feat_dir = data_dir / FEATURES_DIR
+    files = (
+        sorted(p for p in feat_dir.glob("*") if p.suffix.lower() in (".npy", ".csv"))
+        if feat_dir.is_dir()
+        else []
+    )
+    if not files:
+        raise FeatureError(f"{feat_dir}: no .npy or .csv feature files")
+    widths: dict[int, str] = {}
+    rates = set()
+    by_id = {p.stem: p for p in files}
+    for v in aset.videos.values():
+        f = by_id.get(v.video_id)
+        if f is None:
+            continue
+        x = read_stream(f)
+        widths.setdefault(int(x.shape[1]), f.name)
+        if v.feature_duration > 0:
+            rates.add(round(x.shape[0] / v.feature_duration, 9))
+    if not widths:
+        raise FeatureError(f"{feat_dir}: no feature file of an annotated video")
+    if len(widths) > 1:
+        raise FeatureError(f"{feat_dir}: feature files of different widths: {widths}")
+    rate = next(iter(rates)) if len(rates) == 1 else None
+    return DataSizes(next(iter(widths)), tuple(aset.classes), rate)
+
+
+def sized_from_data(cfg: SpotConfig, data_dir: str | Path, fixed: Iterable[str] = ()) -> SpotConfig:
+    """``cfg`` with the feature width, class count, class names (and, in window mode, the snippet
+    rate) of the dataset folder, for the presets that take them from the data
+    (:data:`spot_core.config.DATA_SIZED_PRESETS`) except the keys in ``fixed`` (``--set``). A preset
+    that fixes them must match the data: :class:`~spot_core.config.ConfigError` otherwise."""
+    from ..config import DATA_SIZED_PRESETS, ConfigError
+
+    d = dataset_sizes(data_dir)
+    fixed = set(fixed)
+    m = cfg.model
+    if cfg.name in DATA_SIZED_PRESETS:
+        sets = []
+        if "model.feat_dim" not in fixed:
+            sets.append(f"model.feat_dim={d.feat_dim}")
+        if "model.num_classes" not in fixed and "class_names" not in fixed:
+            sets.append(f"model.num_classes={len(d.classes)}")
+            cfg = cfg.replace(class_names=())
+        if cfg.data.mode == "window" and cfg.data.snippet_rate is None and d.snippet_rate is not None:
+            sets.append(f"data.snippet_rate={d.snippet_rate!r}")
+        cfg = cfg.override(sets)
+        if "class_names" not in fixed and "model.num_classes" not in fixed:
+            cfg = cfg.replace(class_names=d.classes)
+        m = cfg.model
+    bad = []
+    if m.feat_dim != d.feat_dim:
+        bad.append(f"model.feat_dim={m.feat_dim} (the features have {d.feat_dim} channels)")
+    if not cfg.class_names and m.num_classes != len(d.classes):
+        bad.append(f"model.num_classes={m.num_classes} (the annotations have {len(d.classes)} classes)")
+    if bad:
+        how = (
+            "use --preset stream (sizes from the data)"
+            if cfg.name not in DATA_SIZED_PRESETS
+            else "drop the --set that fixes them"
+        )
+        raise ConfigError(f"{data_dir}: config {cfg.name!r} fixes {' and '.join(bad)}; {how}")
+    return cfg
+
+
+def load_piece_windows(
+    data_dir: str | Path, cfg: SpotConfig, fraction: float, *, seed: int = 0, piece_sec: float = 60.0
+) -> tuple[AnnotationSet, list[Window], PieceSplit]:
+    """Training windows of a folder of long streams with the labels of a fraction of *pieces*.
+
+    Every training stream is cut at background into pieces of about ``piece_sec`` and a seeded
+    ``fraction`` of all pieces keep their labels (:func:`spot_core.data.streams.split_pieces`);
+    consecutive pieces of the same status are one training video. Window mode only."""
+    from .streams import split_pieces
+
+    if cfg.data.mode != "window":
+        raise AnnotationError("labelled pieces of long streams need data.mode=window")
+    data_dir = Path(data_dir)
+    aset = load_annotations(data_dir / ANNOTATIONS_FILE, class_names=list(cfg.class_names) or None)
+    feat_dir = data_dir / FEATURES_DIR
+    ext = "npy" if any(feat_dir.glob("*.npy")) or not any(feat_dir.glob("*.csv")) else "csv"
+    store = FeatureStore(feat_dir, ext, expected_dim=cfg.model.feat_dim)
+    train = aset.training()
+    if len(train) == 0:
+        raise AnnotationError(f"{data_dir}: no training streams")
+    feats = {v.video_id: store.for_video(v) for v in train}
+    if cfg.data.normalize:
+        stats = FeatureStats.fit(feats.values())
+        feats = {k: stats.apply(f) for k, f in feats.items()}
+    rate = cfg.data.snippet_rate
+    streams = {
+        v.video_id: (v, feats[v.video_id], rate or len(feats[v.video_id]) / v.feature_duration) for v in train
+    }
+    sp = split_pieces(streams, list(aset.classes), fraction, seed=seed, piece_sec=piece_sec)
+    wcfg = cfg if cfg.data.train_stride is None else cfg.override([f"data.stride={cfg.data.train_stride}"])
+    runs_rate = {k: streams[k.rsplit("/", 1)[0]][2] for k in sp.annotations.videos}
+    windows = []
+    for k, v in sp.annotations.videos.items():
+        one = AnnotationSet({k: v}, list(aset.classes))
+        windows += make_windows(one, {k: sp.features[k]}, wcfg, snippet_rate=runs_rate[k], progress=False)
+    logger.info(
+        "%s: %d training streams -> %d pieces, %d labelled; %d windows",
+        data_dir, len(streams), sum(len(p) for p in sp.pieces.values()), len(sp.labeled), len(windows),
+    )  # fmt: skip
+    return sp.annotations, windows, sp
