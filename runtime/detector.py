@@ -389,7 +389,10 @@ class StreamDetector:
         """The offline merge on the stored per-window detections (same tensors as offline)."""
         if not st.dets:
             return []
-        merged = {st.sid: final_merge(st.dets, self.stride, st.sec, self.cfg.decode)}
+        fm = final_merge(
+            st.dets, self.stride, st.sec, self.cfg.decode, window=self.window, num_snippets=st.received
+        )
+        merged = {st.sid: fm}
         dur = None if duration is None else {st.sid: duration}
         return results_json([st.sid], merged, self.names, dur)["results"].get(st.sid, [])
 

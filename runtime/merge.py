@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from spot_core.config import DecodeConfig
-from spot_core.decode import Detections, merge_top, pass_through, to_seconds
+from spot_core.decode import Detections, merge_top, pass_through, stitch_windows, to_seconds
 from spot_core.nms import soft_nms
 
 __all__ = ["WindowDets", "final_merge", "local_soft_nms"]
@@ -23,11 +23,21 @@ __all__ = ["WindowDets", "final_merge", "local_soft_nms"]
 WindowDets = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def final_merge(dets: Sequence[WindowDets], stride: int, sec: float, cfg: DecodeConfig) -> Detections:
+def final_merge(
+    dets: Sequence[WindowDets],
+    stride: int,
+    sec: float,
+    cfg: DecodeConfig,
+    *,
+    window: int | None = None,
+    num_snippets: int | None = None,
+) -> Detections:
     """The offline merge of one stream's ``W >= 1`` windows (window ``w`` starts at snippet
     ``w * stride``, ``sec`` seconds per snippet) on the same tensors as the offline path:
     :func:`spot_core.decode.pass_through` for one window, :func:`spot_core.decode.merge_top` (equal
-    to ``merge_windows``) for more. Returns unbatched ``Detections [D]`` in seconds."""
+    to ``merge_windows``) for more, after :func:`spot_core.decode.stitch_windows` when
+    ``cfg.stitch`` (which needs the window length ``window`` = T and the stream's ``num_snippets``
+    to place the windows as the offline path does). Returns unbatched ``Detections [D]`` in seconds."""
     W, D = len(dets), cfg.max_detections
     seg = torch.zeros(W, D, 2, dtype=torch.float32)
     sc = torch.zeros(W, D, dtype=torch.float32)
@@ -43,6 +53,11 @@ def final_merge(dets: Sequence[WindowDets], stride: int, sec: float, cfg: Decode
     t0 = torch.tensor([(w * stride) * sec for w in range(W)], dtype=torch.float64)
     dt = torch.tensor([sec] * W, dtype=torch.float64)
     seg_sec = to_seconds(seg, t0, dt)  # [W, D, 2] float64
+    if cfg.stitch and W > 1:
+        if window is None or num_snippets is None:
+            raise ValueError("final_merge: decode.stitch needs window= and num_snippets=")
+        lens = torch.tensor([min(window, num_snippets - w * stride) for w in range(W)], dtype=torch.float64)
+        seg_sec, sc, lab, val = stitch_windows([""] * W, seg_sec, sc, lab, val, t0, dt, lens)
     if W == 1:
         one = pass_through(seg_sec[:1], sc[:1], lab[:1], val[:1], D)  # [1, D]
         return Detections(*(x[0] for x in one))

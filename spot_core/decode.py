@@ -80,6 +80,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -362,6 +363,106 @@ def pass_through(seg: Tensor, scores: Tensor, labels: Tensor, valid: Tensor, D: 
     return Detections(t_seg, t_sc, t_lab, t_val)
 
 
+#: stitching: two detections in overlapping windows are one action when their parts inside the
+#: windows' overlap agree at least this much (1-D IoU)
+STITCH_AGREEMENT = 0.5
+#: stitching: a detection "reaches" its window's end when it ends within this many snippets of it
+STITCH_EDGE = 1.0
+
+
+def stitch_windows(
+    video_ids: Sequence[str],
+    segments_sec: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    valid: Tensor,
+    t0: Tensor,
+    dt: Tensor,
+    valid_len: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Join detections of an action longer than a window across the windows of each video.
+
+    ``segments_sec [N, M, 2]`` (seconds), ``scores``, ``labels``, ``valid [N, M]``: one row per
+    window, windows of a video in time order; ``t0``, ``dt [N]`` (float64: window start, seconds
+    per snippet) and ``valid_len [N]`` place each window. Per video, in window order, a *chain*
+    starts at a detection that reaches its window's end (within :data:`STITCH_EDGE` snippets; not
+    the video's last window) and grows by the detection of a later overlapping window with the
+    same label that extends past the chain's end and agrees with the chain's last detection inside
+    the two windows' overlap (1-D IoU >= :data:`STITCH_AGREEMENT`; the best agreement, then the
+    best score, wins); it stays open while its last detection reaches its window's end. A chain of
+    two or more detections becomes one detection ``[first start, last end]`` with the mean of their
+    scores, in the slot of its first detection; the others are dropped (``valid`` False). Returns
+    new ``(segments, scores, labels, valid)``; every decision is a comparison of the same float64 /
+    float32 values, so the streaming runtime (which stores the same values) stitches identically.
+    """
+    seg = segments_sec.detach().cpu().double().numpy().copy()
+    sc = scores.detach().cpu().float().numpy().copy()
+    lab = labels.detach().cpu().long().numpy()
+    val = valid.detach().cpu().bool().numpy().copy()
+    lo = t0.detach().cpu().double().numpy()
+    step = dt.detach().cpu().double().numpy()
+    hi = lo + valid_len.detach().cpu().double().numpy() * step
+    groups: dict[str, list[int]] = {}
+    for n, v in enumerate(video_ids):
+        groups.setdefault(v, []).append(n)
+    for rows in groups.values():
+        if len(rows) > 1:
+            _stitch_video(rows, seg, sc, lab, val, lo, hi, step)
+    dev = segments_sec.device
+    return (
+        torch.from_numpy(seg).to(device=dev, dtype=segments_sec.dtype),
+        torch.from_numpy(sc).to(device=dev, dtype=scores.dtype),
+        labels,
+        torch.from_numpy(val).to(dev),
+    )
+
+
+def _stitch_video(rows, seg, sc, lab, val, lo, hi, step) -> None:
+    """:func:`stitch_windows` of one video's windows ``rows`` (in place)."""
+    chains: list[list[tuple[int, int]]] = []  # members (window row, detection index)
+    open_: list[int] = []  # indices into chains
+    last = rows[-1]
+    for n in rows:
+        cand = np.flatnonzero(val[n])
+        cand = cand[np.argsort(-sc[n, cand], kind="stable")]  # best score first
+        free = np.ones(cand.size, dtype=bool)
+        s_c, e_c = seg[n, cand, 0], seg[n, cand, 1]
+        keep_open = []
+        for ci in open_:
+            pw, pj = chains[ci][-1]
+            if hi[pw] <= lo[n]:  # no overlap with this window any more: the chain ends
+                continue
+            o_lo, o_hi = lo[n], hi[pw]
+            ps, pe = seg[pw, pj]
+            a_s, a_e = max(ps, o_lo), min(pe, o_hi)
+            b_s, b_e = np.maximum(s_c, o_lo), np.minimum(e_c, o_hi)
+            inter = np.clip(np.minimum(a_e, b_e) - np.maximum(a_s, b_s), 0.0, None)
+            union = np.maximum(a_e, b_e) - np.minimum(a_s, b_s)
+            agree = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+            ok = free & (lab[n, cand] == lab[pw, pj]) & (e_c > pe) & (s_c < pe) & (agree >= STITCH_AGREEMENT)
+            if not ok.any():
+                keep_open.append(ci)  # a later overlapping window may still continue it
+                continue
+            best = int(np.flatnonzero(ok & (agree == agree[ok].max()))[0])  # ties: best score
+            free[best] = False
+            chains[ci].append((n, int(cand[best])))
+            if n != last and e_c[best] >= hi[n] - STITCH_EDGE * step[n]:
+                keep_open.append(ci)
+        if n != last:
+            for i in np.flatnonzero(free & (e_c >= hi[n] - STITCH_EDGE * step[n])):
+                chains.append([(n, int(cand[i]))])
+                keep_open.append(len(chains) - 1)
+        open_ = keep_open
+    for members in chains:
+        if len(members) < 2:
+            continue
+        (w0, j0), rest = members[0], members[1:]
+        seg[w0, j0] = (min(seg[w, j, 0] for w, j in members), max(seg[w, j, 1] for w, j in members))
+        sc[w0, j0] = np.float32(np.mean([float(sc[w, j]) for w, j in members]))
+        for w, j in rest:
+            val[w, j] = False
+
+
 @torch.no_grad()
 def merge_windows(
     video_ids: Sequence[str],
@@ -370,8 +471,14 @@ def merge_windows(
     labels: Tensor,
     valid: Tensor,
     cfg: DecodeConfig,
+    *,
+    windows: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> dict[str, Detections]:
     """Group windows by video and Soft-NMS each video again; one unbatched ``Detections [D]`` per video.
+
+    With ``cfg.stitch`` the detections of actions longer than a window are first joined across
+    windows (:func:`stitch_windows`); ``windows = (t0, dt, valid_len)``, each ``[N]``, places the
+    windows (required then).
 
     ``segments_sec [N, M, 2]`` (absolute seconds), ``scores``, ``labels``, ``valid [N, M]``: one row
     per window, ``video_ids[n]`` its video. The windows of a video are padded into one row of
@@ -388,6 +495,12 @@ def merge_windows(
             raise ValueError(f"merge_windows: {name} must be [N, M] = {(N, M)}, got {tuple(x.shape)}")
     if N == 0:
         return {}
+    if cfg.stitch:
+        if windows is None:
+            raise ValueError("merge_windows: decode.stitch needs windows=(t0, dt, valid_len)")
+        segments_sec, scores, labels, valid = stitch_windows(
+            video_ids, segments_sec, scores, labels, valid, *windows
+        )
     dev = segments_sec.device
     D = cfg.max_detections
     vids = list(dict.fromkeys(video_ids))

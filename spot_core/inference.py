@@ -65,6 +65,7 @@ def detect_windows(
     """
     index = {c: i for i, c in enumerate(cfg.class_names)} if cfg.class_names else None
     segs, scores, labels, valid, vids = [], [], [], [], []
+    t0s, dts, lens = [], [], []
     steps = range(0, len(windows), batch_size)
     for i in tqdm(steps, desc="detect", unit="batch", disable=not progress, leave=False):
         chunk = windows[i : i + batch_size]
@@ -84,10 +85,20 @@ def detect_windows(
         labels.append(det.labels)
         valid.append(det.valid)
         vids.extend(w.video_id for w in chunk)
+        t0s.append(t0.cpu())
+        dts.append(dt.cpu())
+        lens.extend(w.valid for w in chunk)
     if not vids:
         return results_json([], None, cfg.names())
+    where = (torch.cat(t0s), torch.cat(dts), torch.tensor(lens, dtype=torch.float64))
     merged = merge_windows(
-        vids, torch.cat(segs), torch.cat(scores), torch.cat(labels), torch.cat(valid), cfg.decode
+        vids,
+        torch.cat(segs),
+        torch.cat(scores),
+        torch.cat(labels),
+        torch.cat(valid),
+        cfg.decode,
+        windows=where,
     )
     return results_json(list(merged), merged, cfg.names(), durations)
 
