@@ -8,9 +8,12 @@
 ``--model``: a checkpoint (``.safetensors``), a heads ONNX export or a TensorRT engine (with its
 sidecar); the config is the one stored with the model unless ``--config`` / ``--preset`` is given
 (then the model is checked against it). ``--features``: one ``.npy`` / ``.csv`` file ``[N, C]`` or
-a folder of them (one stream per file, named after the file). The streams are pushed round robin
-in chunks of ``--chunk`` snippets through one :class:`runtime.detector.StreamDetector`, so windows
-of different files share batches, exactly as live streams would. Output: the ActivityNet result
+a folder of them (one stream per file, named after the file); with ``--raw``, raw recordings
+``[samples, channels]`` featurised by the ``stream_features.json`` stored beside the model (what
+``python -m spot_core.data.prepare`` fitted and ``python -m spot_core.train`` copied). The streams
+are pushed round robin in chunks of ``--chunk`` snippets through one
+:class:`runtime.detector.StreamDetector`, so windows of different files share batches, exactly
+as live streams would. Output: the ActivityNet result
 JSON (``--out``) and a timeline plot (``--plot``).
 
 Bad input prints ``error: <file>: <problem>``: a model file that does not load or match exits
@@ -33,7 +36,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from spot_core.cli import report_error, setup_logging
-from spot_core.data.streams import load_streams
+from spot_core.data.features import FeatureError
+from spot_core.data.streams import StreamFeaturizer, load_streams
 from spot_core.errors import SpotError
 
 from .detector import Detection, StreamDetector, StreamError
@@ -69,13 +73,35 @@ def run_files(
     snippet_rate: float | None = None,
     cfg=None,
     progress: bool = True,
+    raw: bool = False,
 ) -> tuple[dict, dict[str, str]]:
-    """Stream every feature file through a session; ``(result JSON, {file or stream: error})``."""
+    """Stream every feature file through a session; ``(result JSON, {file or stream: error})``.
+
+    ``raw``: the files are raw recordings ``[samples, channels]``; they become snippet features
+    through the featuriser stored beside the model (``stream_features.json``: the samples per
+    snippet, statistics and training standardisation of ``python -m spot_core.data.prepare``)."""
     session = open_session(
         model, backend=backend, cfg=cfg, device=device, batch_size=batch_size, provider=provider
     )
     cfg = session.cfg
-    streams, errors, sources = load_streams(features, cfg.model.feat_dim)
+    if raw:
+        featurizer = StreamFeaturizer.for_model(model)
+        if featurizer.feat_dim != cfg.model.feat_dim:
+            raise FeatureError(
+                f"{model}: the featuriser beside it makes {featurizer.feat_dim} features, the model takes "
+                f"{cfg.model.feat_dim}"
+            )
+        streams, errors, sources = load_streams(features, featurizer.channels)
+        for sid in list(streams):
+            try:
+                streams[sid] = featurizer(streams[sid])
+            except FeatureError as e:
+                errors[str(sources.pop(sid))] = str(e)
+                del streams[sid]
+        if snippet_rate is None and cfg.data.snippet_rate is None:
+            snippet_rate = featurizer.snippet_rate
+    else:
+        streams, errors, sources = load_streams(features, cfg.model.feat_dim)
     # offline files: only full batches run while streaming; close() runs the rest (no latency budget)
     det = StreamDetector(
         session, stride=stride, snippet_rate=snippet_rate, max_delay_s=math.inf, preview=False
@@ -108,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument(
         "--features", required=True, help=".npy/.csv file [N, C] or a folder of them (one stream each)"
+    )
+    ap.add_argument(
+        "--raw",
+        action="store_true",
+        help="the files are raw recordings [samples, channels]: featurise them with the stream_features.json "
+        "stored beside the model",
     )
     ap.add_argument("--chunk", type=int, default=64, help="snippets per push (default 64)")
     ap.add_argument("--out", help="ActivityNet result JSON to write")
@@ -159,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             snippet_rate=args.snippet_rate,
             cfg=cfg,
             progress=not args.no_progress,
+            raw=args.raw,
         )
     except (SpotError, ValueError, OSError) as e:
         return report_error(e)

@@ -74,3 +74,31 @@ def test_fixed_sizes_must_match_the_data(stream_dir, tmp_path, capsys):
     assert "model.num_classes=4 (the annotations have 3 classes)" in capsys.readouterr().err
     db = json.loads((stream_dir / "annotations.json").read_text())
     assert db["classes"] == ["act0", "act1", "act2"]
+
+
+def test_runtime_streams_raw_recordings_with_the_stored_featuriser(stream_dir, tmp_path, capsys):
+    """runtime.stream --raw applies the training standardisation: the same result as the prepared features."""
+    from runtime.stream import main as stream
+
+    run = tmp_path / "run"
+    argv = [
+        "--preset",
+        "stream",
+        "--data",
+        str(stream_dir),
+        "--out",
+        str(run),
+        "--no-pretrain",
+        "--no-progress",
+    ]
+    assert train([*argv, "--set", *SMALL]) == 0
+    raw = stream_dir.parent / "raw" / "c.npy"
+    feats = stream_dir / "features" / "c.npy"
+    common = ["--model", str(run / "last.safetensors"), "--no-progress"]
+    assert stream([*common, "--raw", "--features", str(raw), "--out", str(tmp_path / "raw.json")]) == 0
+    assert stream([*common, "--features", str(feats), "--out", str(tmp_path / "feat.json")]) == 0
+    got = json.loads((tmp_path / "raw.json").read_text())["results"]["c"]
+    assert got and got == json.loads((tmp_path / "feat.json").read_text())["results"]["c"]
+    (run / FEATURIZER_FILE).unlink()
+    assert stream([*common, "--raw", "--features", str(raw)]) == 2
+    assert "stream_features.json: not found" in capsys.readouterr().err
