@@ -134,6 +134,8 @@ def dataset_sizes(data_dir: str | Path) -> DataSizes:
     from .streams import read_stream
 
     data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise AnnotationError(f"{data_dir}: dataset folder not found")
     anno = data_dir / ANNOTATIONS_FILE
     if not anno.is_file():
         raise AnnotationError(
@@ -141,6 +143,8 @@ def dataset_sizes(data_dir: str | Path) -> DataSizes:
         )
     aset = load_annotations(anno)
     feat_dir = data_dir / FEATURES_DIR
+    if not feat_dir.is_dir():
+        raise FeatureError(f"{feat_dir}: feature folder not found")
     files = (
         sorted(p for p in feat_dir.glob("*") if p.suffix.lower() in (".npy", ".csv"))
         if feat_dir.is_dir()
