@@ -59,10 +59,18 @@ PEER = {
 #: ActRecTut architectures (``--arch``): the ``actrectut`` preset (local backbone, pairwise mask head,
 #: issue 14) and the original SPOT model with the recipe of issue 3 (runs cached before ``arch``
 #: existed are of this one)
-ARCHS = ("local-pairwise", "spot")
+ARCHS = ("local-pairwise", "local-spot", "conv-pairwise", "spot")
 ARCH_NAMES = {
     "local-pairwise": "backbone local + mask head pairwise (the `actrectut` preset)",
+    "local-spot": "backbone local (+ sinusoidal position) + mask head spot (`--arch local-spot`)",
+    "conv-pairwise": "backbone conv + mask head pairwise (`--arch conv-pairwise`)",
     "spot": "backbone spot + mask head spot (the original; `SPOT_ORIGINAL_ACTRECTUT` overrides)",
+}
+#: overrides of the ``actrectut`` preset per architecture (``spot``: SPOT_ORIGINAL_ACTRECTUT)
+ARCH_SETS = {
+    "local-pairwise": (),
+    "local-spot": ("model.mask_head=spot", "model.abs_pos=true"),
+    "conv-pairwise": ("model.backbone=conv",),
 }
 # toy rows at 10% labels: as many optimiser steps per epoch as the 100% run (240 videos / batch 16)
 TOY_STEPS = 15
@@ -76,7 +84,7 @@ def arch_config(arch: str):
     from spot_core.config import SPOT_ORIGINAL_ACTRECTUT, SpotConfig
 
     cfg = SpotConfig.preset("actrectut")
-    return cfg.override(list(SPOT_ORIGINAL_ACTRECTUT)) if arch == "spot" else cfg
+    return cfg.override(list(SPOT_ORIGINAL_ACTRECTUT if arch == "spot" else ARCH_SETS[arch]))
 
 
 def run_actrectut(

@@ -273,7 +273,7 @@ def trained_direction(
         cfg = cfg.override([f"model.feat_dim={60 * len(context)}"])
     split = build_split(
         cfg, classes, streams[tr], streams[te], labeled_fraction=v["fraction"], split_seed=seed,
-        train_stride=train_stride if train_stride is not None else _train_stride(cfg), context=context,
+        train_stride=train_stride if train_stride is not None else default_train_stride(cfg), context=context,
     )  # fmt: skip
     windows = split.train_windows
     if not v["semi"]:
@@ -288,7 +288,7 @@ def trained_direction(
     return model, mcfg, split.test_features, split.test_set, split
 
 
-def _train_stride(cfg: SpotConfig) -> int:
+def default_train_stride(cfg: SpotConfig) -> int:
     """Training-window stride: ``data.train_stride`` when set, else an eighth of the window (denser
     than inference, like random crops)."""
     if cfg.data.train_stride is not None:

@@ -542,7 +542,15 @@ def _actrectut() -> SpotConfig:
             ema_decay=0.99,
         ),
         semi=SemiConfig(pretrain_epochs=5, pretrain_steps_per_epoch=30),
-        decode=DecodeConfig(top_k=128, class_mode="snippet", mask_segment="anchored", nms_class_aware=True),
+        # no class-activation proposals: chosen on held-out data of the training subject
+        # (python -m benchmarks.decode_choice; docs/results.md)
+        decode=DecodeConfig(
+            top_k=128,
+            class_thresholds=(),
+            class_mode="snippet",
+            mask_segment="anchored",
+            nms_class_aware=True,
+        ),
     )
 
 
@@ -560,6 +568,7 @@ SPOT_ORIGINAL_ACTRECTUT = (
     "train.lr_step=8",
     "train.ema_decay=null",
     "decode.top_k=10",
+    "decode.class_thresholds=[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9]",
     "semi.pretrain_steps_per_epoch=null",
 )
 

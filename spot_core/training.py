@@ -100,6 +100,7 @@ _ADDED_LATER = {
     "train": ("ema_decay", "optimizer", "time_warp"),
     "loss": ("label_smoothing",),
     "semi": ("pretrain_steps_per_epoch",),
+    "decode": ("stitch",),
 }  # fmt: skip
 
 

@@ -1,0 +1,102 @@
+"""Decode of the ``actrectut`` preset, chosen without test data: ``python -m benchmarks.decode_choice``.
+
+For each subject, the model of the ``actrectut`` preset (all labels) is trained on the first ~70 % of
+that subject's stream (cut at background, :func:`spot_core.data.streams.cut_pieces`) and the decode
+variants are scored on the remaining ~30 % of the *same* subject, in ~150-second pieces, at tIoU
+0.3:0.1:0.7. The other subject (the protocol's test stream) is never read. One seed; one torch
+thread. Prints one JSON line per subject and writes ``benchmarks/results/decode_choice.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spot_core.cli import reports_errors, setup_logging
+
+RESULTS = Path(__file__).resolve().parent / "results" / "decode_choice.json"
+ORIGINAL_CLASS_THRESHOLDS = "decode.class_thresholds=[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9]"
+#: name -> overrides of the preset's decode
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "with class proposals (original step 5)": (ORIGINAL_CLASS_THRESHOLDS,),
+    "mask proposals only (preset)": (),
+    "mask only, threshold 0.5": ("decode.mask_thresholds=[0.5]",),
+    "mask only, thresholds 0.3/0.5/0.7": ("decode.mask_thresholds=[0.3,0.5,0.7]",),
+    "mask only, top_k 64": ("decode.top_k=64",),
+    "mask only, Soft-NMS sigma 0.5": ("decode.nms_sigma=0.5",),
+}
+
+
+def held_out_run(data: Path, subject: str, seed: int = 0, train_frac: float = 0.7) -> dict[str, Any]:
+    """Train on the first ``train_frac`` of ``subject``'s pieces, score every variant on the rest."""
+    from spot_core.actrectut import (
+        SNIPPET_RATE,
+        Stream,
+        build_split,
+        default_train_stride,
+        evaluate_split,
+        load_streams,
+    )
+    from spot_core.checkpoint import load_model
+    from spot_core.config import SpotConfig
+    from spot_core.data.streams import cut_pieces, sub_video
+    from spot_core.training import train_on_windows
+
+    classes, streams = load_streams(data)
+    s = streams[subject]
+    pieces = cut_pieces(s.video, s.num_snippets, 60.0, SNIPPET_RATE)
+    cut = pieces[int(train_frac * len(pieces))][0]
+    n = s.num_snippets
+    a_name, b_name = f"{subject}_a", f"{subject}_b"
+    a = Stream(a_name, s.features[:cut], sub_video(s.video, 0, cut, a_name, "training", True, SNIPPET_RATE))
+    b = Stream(b_name, s.features[cut:], sub_video(s.video, cut, n, b_name, "validation", True, SNIPPET_RATE))
+    cfg = SpotConfig.preset("actrectut").override([f"train.seed={seed}"])
+    split = build_split(cfg, classes, a, b, train_stride=default_train_stride(cfg), test_piece_sec=150.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(seed)
+        train_on_windows(split.cfg, split.train_windows, None, [], tmp, progress=False)
+        model, mcfg = load_model(Path(tmp) / "last.safetensors")
+    scores = {
+        name: round(100 * evaluate_split(model, split, mcfg.override(list(sets)))["average_mAP"], 2)
+        for name, sets in VARIANTS.items()
+    }
+    return {
+        "subject": subject,
+        "seed": seed,
+        "train_snippets": cut,
+        "held_out_snippets": n - cut,
+        "average_mAP": scores,
+    }
+
+
+@reports_errors
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.decode_choice", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument(
+        "--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "actrectut"
+    )
+    p.add_argument("--subjects", nargs="+", default=["subject1_gesture", "subject2_gesture"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    setup_logging(1)
+    torch.set_num_threads(1)
+    rows = []
+    for subject in args.subjects:
+        rows.append(held_out_run(args.data, subject, args.seed))
+        print(json.dumps(rows[-1]))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(
+        json.dumps({"command": "python -m benchmarks.decode_choice", "runs": rows}, indent=1) + "\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
