@@ -48,8 +48,8 @@ from spot_core.cli import reports_errors
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = (
-    "environment", "ceilings", "gpu_tests", "step4", "nms", "whole_path", "achieved", "streaming",
-    "sanitizer", "verify", "nms_compiled",
+    "environment", "ceilings", "gpu_tests", "step4", "nms", "whole_path", "achieved", "whole_path_actrectut",
+    "streaming", "sanitizer", "verify", "nms_compiled",
 )  # fmt: skip
 
 
@@ -198,11 +198,11 @@ def gpu_tests(dry: bool, timeout_s: float, out: Path) -> dict[str, Any]:
     }
 
 
-def _anet(dev: torch.device, n: int) -> dict[str, Any]:
-    """A seeded random ANet model (classifier scaled x5: trained-like score spread) and n windows."""
+def _anet(dev: torch.device, n: int, preset: str = "anet") -> dict[str, Any]:
+    """A seeded random model of ``preset`` (classifier scaled x5: trained-like score spread) and n windows."""
     from benchmarks.common import make_bench
 
-    bench = make_bench("anet", n=n, seed=0, cls_scale=5.0)
+    bench = make_bench(preset, n=n, seed=0, cls_scale=5.0)
     model = bench.model.to(dev)
     x = bench.features.to(dev)
     return {"cfg": bench.cfg, "model": model, "x": x}
@@ -348,6 +348,7 @@ def flops_bytes(model: torch.nn.Module, cfg: Any, dev: torch.device) -> dict[str
     full = fc.get_total_flops()
     T, H = m.num_snippets, m.mask_hidden
     k = min(cfg.decode.top_k, T)
+    H = H if m.mask_head == "spot" else m.mask_dim  # pairwise: rows are q_t . k (dq wide)
     fused = full - 2 * T * H * T + 2 * k * H * T  # the fused path forms k mask rows, not T
     D = cfg.decode.max_detections
     out_bytes = D * (2 * 4 + 4 + 8 + 1)  # segments fp32, score fp32, label int64, valid bool
@@ -361,12 +362,15 @@ def flops_bytes(model: torch.nn.Module, cfg: Any, dev: torch.device) -> dict[str
     }
 
 
-def whole_path(dev: torch.device, dry: bool, batches: list[int], rep: Report) -> dict[str, Any]:
-    """Features in, detections out, windows per second: reference / fused / fused as a CUDA graph."""
+def whole_path(
+    dev: torch.device, dry: bool, batches: list[int], rep: Report, preset: str = "anet"
+) -> dict[str, Any]:
+    """Features in, detections out, windows per second: reference / fused / fused as a CUDA graph
+    (``preset``: ``anet``, the original model; ``actrectut``, backbone local + mask head pairwise)."""
     from kernels.pipeline import fused_detect
     from spot_core.decode import detect
 
-    setup = _anet(dev, max(batches))
+    setup = _anet(dev, max(batches), preset)
     cfg, model, x = setup["cfg"], setup["model"], setup["x"]
     dcfg = cfg.decode
     backend = "reference" if dry else "triton"
@@ -670,6 +674,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.section("step4", lambda: step4(dev, dry, batches, rep, not args.no_compile), need_s=30)
     rep.section("nms", lambda: nms(dev, dry, batches, rep), need_s=20)
     rep.section("whole_path", lambda: whole_path(dev, dry, batches, rep), need_s=30)
+    rep.section("whole_path_actrectut", lambda: whole_path(dev, dry, batches, rep, "actrectut"), need_s=30)
     rep.section("achieved", lambda: achieved(rep.data))
     rep.section("streaming", lambda: streaming(dev, dry), need_s=60)
     if not dry:
