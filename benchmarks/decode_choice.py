@@ -1,10 +1,11 @@
 """Decode of the ``actrectut`` preset, chosen without test data: ``python -m benchmarks.decode_choice``.
 
-For each subject, the model of the ``actrectut`` preset (all labels) is trained on the first ~70 % of
-that subject's stream (cut at background, :func:`spot_core.data.streams.cut_pieces`) and the decode
-variants are scored on the remaining ~30 % of the *same* subject, in ~150-second pieces, at tIoU
-0.3:0.1:0.7. The other subject (the protocol's test stream) is never read. One seed; one torch
-thread. Prints one JSON line per subject and writes ``benchmarks/results/decode_choice.json``.
+For each subject, the model of the ``actrectut`` preset (all labels, the ``sup100`` row) is
+trained on the first ~70 % of that subject's stream (cut at background,
+:func:`spot_core.data.streams.cut_pieces`) and the decode variants are scored on the remaining
+~30 % of the *same* subject, in ~150-second pieces, at tIoU 0.3:0.1:0.7. The other subject (the
+protocol's test stream) is never read. One seed; one torch thread. Prints one JSON line per
+subject and writes ``benchmarks/results/decode_choice.json``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def held_out_run(data: Path, subject: str, seed: int = 0, train_frac: float = 0.
         default_train_stride,
         evaluate_split,
         load_streams,
+        variant_config,
     )
     from spot_core.checkpoint import load_model
     from spot_core.config import SpotConfig
@@ -55,7 +57,7 @@ def held_out_run(data: Path, subject: str, seed: int = 0, train_frac: float = 0.
     a_name, b_name = f"{subject}_a", f"{subject}_b"
     a = Stream(a_name, s.features[:cut], sub_video(s.video, 0, cut, a_name, "training", True, SNIPPET_RATE))
     b = Stream(b_name, s.features[cut:], sub_video(s.video, cut, n, b_name, "validation", True, SNIPPET_RATE))
-    cfg = SpotConfig.preset("actrectut").override([f"train.seed={seed}"])
+    cfg = variant_config(SpotConfig.preset("actrectut"), "sup100", seed)  # the sup100 row's recipe
     split = build_split(cfg, classes, a, b, train_stride=default_train_stride(cfg), test_piece_sec=150.0)
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(seed)
