@@ -309,3 +309,16 @@ def test_edge_graph_refuses_other_models(make_model):
     cfg = toy_local()
     with pytest.raises(ValueError, match="backbone 'local'"):
         bf16_cpu_model(make_model(cfg, 0), cfg)
+
+
+def test_train_stride_makes_training_crops_only(tmp_path):
+    from spot_core.data.datasets import load_dataset
+    from spot_core.data.synthetic import generate_dataset
+
+    data = generate_dataset(tmp_path / "d", SpotConfig.preset("toy"), num_train=3, num_val=2)
+    cfg = SpotConfig.preset("toy").override(["data.mode=window", "data.stride=16", "model.num_snippets=16"])
+    dense = cfg.override(["data.train_stride=4"])
+    n_train = len(load_dataset(data, cfg, "training")[1])
+    n_dense = len(load_dataset(data, dense, "training")[1])
+    assert n_dense > 3 * n_train
+    assert len(load_dataset(data, dense, "validation")[1]) == len(load_dataset(data, cfg, "validation")[1])
