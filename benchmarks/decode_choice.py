@@ -41,7 +41,7 @@ def held_out_run(data: Path, subject: str, seed: int = 0, train_frac: float = 0.
         build_split,
         default_train_stride,
         evaluate_split,
-        load_streams,
+        load_subjects,
         variant_config,
     )
     from spot_core.checkpoint import load_model
@@ -49,7 +49,7 @@ def held_out_run(data: Path, subject: str, seed: int = 0, train_frac: float = 0.
     from spot_core.data.streams import cut_pieces, sub_video
     from spot_core.training import train_on_windows
 
-    classes, streams = load_streams(data)
+    classes, streams = load_subjects(data)
     s = streams[subject]
     pieces = cut_pieces(s.video, s.num_snippets, 60.0, SNIPPET_RATE)
     cut = pieces[int(train_frac * len(pieces))][0]

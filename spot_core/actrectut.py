@@ -79,7 +79,7 @@ def featurise(samples: np.ndarray) -> np.ndarray:
     return snippetize_stream(samples, SAMPLES_PER_SNIPPET)
 
 
-def load_streams(root: str | Path) -> tuple[list[str], dict[str, Stream]]:
+def load_subjects(root: str | Path) -> tuple[list[str], dict[str, Stream]]:
     """``(class names, {stream name: Stream})`` from an ActRecTut folder (``gesture.json`` + ``.npy``).
 
     Each raw stream file is read by :func:`spot_core.data.streams.read_stream`, then featurised."""
@@ -265,7 +265,7 @@ def trained_direction(
     cfg = cfg or SpotConfig.preset("actrectut")
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
-    classes, streams = load_streams(data_dir)
+    classes, streams = load_subjects(data_dir)
     tr, te = DIRECTIONS[direction]
     v = VARIANTS[variant]
     cfg = variant_config(cfg, variant, seed)
@@ -380,7 +380,7 @@ __all__ = [
     "featurise",
     "fit_standardiser",
     "forbidden_cuts",
-    "load_streams",
+    "load_subjects",
     "run_direction",
     "trained_direction",
 ]

@@ -21,7 +21,7 @@ from spot_core.actrectut import (
     featurise,
     fit_standardiser,
     forbidden_cuts,
-    load_streams,
+    load_subjects,
     stack_context,
 )
 from spot_core.config import SpotConfig
@@ -142,7 +142,7 @@ def test_stack_context():
 
 
 def test_real_files_load_and_split(shared_data):
-    classes, streams = load_streams(shared_data / "actrectut")
+    classes, streams = load_subjects(shared_data / "actrectut")
     assert len(classes) == 11 and sorted(streams) == ["subject1_gesture", "subject2_gesture"]
     s1, s2 = streams["subject1_gesture"], streams["subject2_gesture"]
     assert s1.features.shape == (62480 // 8, 60) and s2.features.shape == (70778 // 8, 60)
