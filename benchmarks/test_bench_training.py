@@ -20,7 +20,7 @@ import torch
 from spot_core.config import SpotConfig
 from spot_core.losses import supervised_loss
 from spot_core.model import SPOT
-from spot_core.training import _step, make_optimizer, pretrain_step, semi_step
+from spot_core.training import make_optimizer, optimizer_step, pretrain_step, semi_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -68,7 +68,7 @@ def test_supervised_step(benchmark, preset):
     def step():
         out = model.forward_train(lab["features"])
         losses = supervised_loss(out, lab["cls_target"], lab["mask_target"], lab["valid_mask"], cfg.loss)
-        _step(model, opt, losses["loss"], cfg)
+        optimizer_step(model, opt, losses["loss"], cfg)
 
     benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
     _record(benchmark, lab["features"].shape[0])
@@ -82,7 +82,7 @@ def test_pretrain_step(benchmark, preset):
 
     def step():
         losses = pretrain_step(model, lab["features"], lab["valid_mask"], cfg, gen)
-        _step(model, opt, losses["loss"], cfg)
+        optimizer_step(model, opt, losses["loss"], cfg)
 
     benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
     _record(benchmark, lab["features"].shape[0])
@@ -94,7 +94,7 @@ def test_semi_step(benchmark, preset):
 
     def step():
         losses = semi_step(model, lab, unl, cfg, gen, 1.0)
-        _step(model, opt, losses["loss"], cfg)
+        optimizer_step(model, opt, losses["loss"], cfg)
 
     benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=1)
     _record(benchmark, lab["features"].shape[0] + unl["features"].shape[0])

@@ -44,6 +44,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,13 +54,13 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
-from .augment import attach_ema, time_warp
+from .augment import WeightEMA, attach_ema, time_warp
 from .checkpoint import CheckpointError, load_train_state, save_model, save_train_state
 from .config import SemiConfig, SpotConfig
 from .data.annotations import AnnotationSet, apply_split_file, split_labels
 from .data.datasets import WindowDataset, load_dataset
 from .data.windows import Window
-from .distributed import DDPModel, ddp_model, shard_loader
+from .distributed import DDPModel, DistContext, ddp_model, shard_loader
 from .distributed import context as dist_context
 from .evaluation import PROTOCOLS, evaluate_detection
 from .inference import predict_windows
@@ -156,6 +157,37 @@ def make_optimizer(
     return opt, sched
 
 
+def run_epoch(
+    model: SPOT,
+    loader: DataLoader,
+    opt: torch.optim.Optimizer,
+    cfg: SpotConfig,
+    step: Callable[[dict[str, torch.Tensor], torch.device], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    *,
+    desc: str,
+    where: str,
+    progress: bool = True,
+) -> dict[str, float]:
+    """One pass over ``loader``, the epoch of every stage (supervised, pretext, semi-supervised).
+
+    ``step(batch, device)`` returns the loss to back-propagate and the loss terms to log (``"loss"``:
+    the total); then one :func:`optimizer_step`. Returns the mean of each loss term; a non-finite
+    total raises ``FloatingPointError`` naming ``where`` (e.g. ``"epoch 3"``).
+    """
+    model.train()
+    device = next(model.parameters()).device
+    sums: dict[str, float] = {}
+    n = 0
+    bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False)
+    for batch in bar:
+        loss, losses = step(batch, device)
+        optimizer_step(model, opt, loss, cfg)
+        _accumulate(sums, losses, where)
+        n += 1
+        bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
 def train_one_epoch(
     model: SPOT,
     loader: DataLoader,
@@ -166,13 +198,9 @@ def train_one_epoch(
     progress: bool = True,
 ) -> dict[str, float]:
     """One pass over the labelled windows. Returns the mean of each loss term."""
-    model.train()
-    device = next(model.parameters()).device
-    sums: dict[str, float] = {}
-    n = 0
     warp = _warp_gen(cfg, epoch)
-    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
-    for batch in bar:
+
+    def step(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, dict]:
         if cfg.train.time_warp > 0:
             batch = time_warp(batch, cfg.train.time_warp, warp)
         x = batch["features"].to(device)
@@ -188,18 +216,11 @@ def train_one_epoch(
         loss = losses["loss"]
         if isinstance(model, DDPModel):  # DDP needs a gradient for every parameter each step
             loss = loss + 0.0 * out["clip_order"].sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        opt.step()
-        if not math.isfinite(losses["loss"].item()):
-            raise FloatingPointError(f"loss became {losses['loss'].item()} at epoch {epoch}")
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-        n += 1
-        bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
-    return {k: v / max(n, 1) for k, v in sums.items()}
+        return loss, losses
+
+    return run_epoch(
+        model, loader, opt, cfg, step, desc=f"epoch {epoch}", where=f"epoch {epoch}", progress=progress
+    )
 
 
 def _warp_gen(cfg: SpotConfig, epoch: int) -> torch.Generator:
@@ -218,15 +239,16 @@ def _autocast(cfg: SpotConfig, device: torch.device) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.autocast == "bf16")
 
 
-def _accumulate(sums: dict[str, float], losses: dict[str, torch.Tensor], epoch: int, stage: str) -> None:
+def _accumulate(sums: dict[str, float], losses: dict[str, torch.Tensor], where: str) -> None:
     total = float(losses["loss"].detach())
     if not math.isfinite(total):
-        raise FloatingPointError(f"loss became {total} at {stage} epoch {epoch}")
+        raise FloatingPointError(f"loss became {total} at {where}")
     for k, v in losses.items():
         sums[k] = sums.get(k, 0.0) + float(v.detach())
 
 
-def _step(model: SPOT, opt: torch.optim.Optimizer, loss: torch.Tensor, cfg: SpotConfig) -> None:
+def optimizer_step(model: SPOT, opt: torch.optim.Optimizer, loss: torch.Tensor, cfg: SpotConfig) -> None:
+    """Back-propagate ``loss`` and take one optimiser step (gradients clipped to ``train.grad_clip``)."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.train.grad_clip:
@@ -272,27 +294,24 @@ def pretrain_one_epoch(
     progress: bool = True,
 ) -> dict[str, float]:
     """One stage-1 pass over all training windows with the classifier frozen. Mean of each loss term."""
-    model.train()
-    device = next(model.parameters()).device
     frozen = classifier_parameters(model)
     for prm in frozen:
         prm.requires_grad_(False)
-    sums: dict[str, float] = {}
-    n = 0
+
+    def step(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, dict]:
+        x, valid = batch["features"].to(device), batch["valid_mask"].to(device)
+        with _autocast(cfg, device):
+            losses = pretrain_step(model, x, valid, cfg, gen)
+        return losses["loss"], losses
+
     try:
-        bar = tqdm(loader, desc=f"pretrain {epoch}", unit="batch", disable=not progress, leave=False)
-        for batch in bar:
-            x, valid = batch["features"].to(device), batch["valid_mask"].to(device)
-            with _autocast(cfg, device):
-                losses = pretrain_step(model, x, valid, cfg, gen)
-            _step(model, opt, losses["loss"], cfg)
-            _accumulate(sums, losses, epoch, "pretrain")
-            n += 1
-            bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
+        return run_epoch(
+            model, loader, opt, cfg, step, desc=f"pretrain {epoch}", where=f"pretrain epoch {epoch}",
+            progress=progress,
+        )  # fmt: skip
     finally:
         for prm in frozen:
             prm.requires_grad_(True)
-    return {k: v / max(n, 1) for k, v in sums.items()}
 
 
 def rampup(epoch: int, rampup_epochs: int) -> float:
@@ -417,25 +436,28 @@ def train_semi_one_epoch(
 ) -> dict[str, float]:
     """One stage-2 pass over the labelled windows; each step also takes the next unlabelled batch
     (the unlabelled loader restarts when it runs out, as in the original). Mean of each loss term."""
-    model.train()
-    device = next(model.parameters()).device
-    sums: dict[str, float] = {}
-    n = 0
     unl_iter = _forever(unlabeled)
     warp = _warp_gen(cfg, epoch)
-    bar = tqdm(loader, desc=f"epoch {epoch}", unit="batch", disable=not progress, leave=False)
-    for batch in bar:
+
+    def step(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, dict]:
         if cfg.train.time_warp > 0:
             batch = time_warp(batch, cfg.train.time_warp, warp)
         lab = {k: v.to(device) for k, v in batch.items()}
         unl = {k: v.to(device) for k, v in next(unl_iter).items()}
         with _autocast(cfg, device):
             losses = semi_step(model, lab, unl, cfg, gen, rampup(epoch, cfg.semi.rampup_epochs))
-        _step(model, opt, losses["loss"], cfg)
-        _accumulate(sums, losses, epoch, "fine-tune")
-        n += 1
-        bar.set_postfix(loss=f"{sums['loss'] / n:.4f}")
-    return {k: v / max(n, 1) for k, v in sums.items()}
+        return losses["loss"], losses
+
+    return run_epoch(
+        model,
+        loader,
+        opt,
+        cfg,
+        step,
+        desc=f"epoch {epoch}",
+        where=f"fine-tune epoch {epoch}",
+        progress=progress,
+    )
 
 
 def unlabeled_batch_size(batch_size: int, num_labeled: int, num_unlabeled: int, semi: SemiConfig) -> int:
@@ -525,8 +547,26 @@ def train_on_windows(
     ``val_windows`` against ``val_set`` runs every ``validate_every`` fine-tuning epochs and after the
     last one (``validate_every=0`` or no validation windows: never; ``best.safetensors`` is then not
     written and ``best_map`` stays -1). ``cfg.class_names`` must be set by the caller.
+
+    Steps: :func:`split_training_windows`, :func:`build_run`, :func:`pretrain_stage` (stage 1) and
+    :func:`finetune_stage` (stage 2); each epoch of either stage runs :func:`run_epoch` and ends in
+    :func:`save_checkpoint`.
     """
     out = Path(out_dir)
+    labeled, unlabeled = split_training_windows(cfg, train_windows, num_val=len(val_windows))
+    run = build_run(cfg, out, resume=resume, progress=progress, device=device)
+    pretrain_stage(run, train_windows)
+    finetune_stage(run, labeled, unlabeled, val_set, val_windows, validate_every=validate_every)
+    return TrainResult(
+        out, run.best_map, run.best_epoch, [r for r in run.history if r.get("stage") != "pretrain"]
+    )
+
+
+def split_training_windows(
+    cfg: SpotConfig, train_windows: list[Window], *, num_val: int
+) -> tuple[list[Window], list[Window]]:
+    """The labelled windows (``labeled and has_targets``) and the unlabelled ones stage 2 uses
+    (none unless ``cfg.semi.use_unlabeled``); logs the counts and warns about classes never labelled."""
     labeled = [w for w in train_windows if w.labeled and w.has_targets]
     if not labeled:
         raise ValueError("no labelled training windows")
@@ -536,7 +576,7 @@ def train_on_windows(
         len(labeled),
         len(train_windows),
         f" ({len(unlabeled)} unlabelled used)" if unlabeled else "",
-        len(val_windows),
+        num_val,
     )
     if cfg.semi.use_unlabeled and (cfg.semi.labeled_fraction or cfg.semi.split_file) and not unlabeled:
         log.warning("semi-supervised split left no unlabelled windows: stage 2 is the supervised loop")
@@ -548,137 +588,195 @@ def train_on_windows(
             "(pseudo-labels can still name them)",
             len(missing), cfg.model.num_classes, ", ".join(missing[:5]), ", ..." if len(missing) > 5 else "",
         )  # fmt: skip
+    return labeled, unlabeled
 
+
+@dataclass
+class TrainRun:
+    """One run's model, optimiser and bookkeeping, shared by its stages (built by :func:`build_run`).
+
+    Only the main rank (``dc.is_main``; every rank when single-process) writes files and validates.
+    """
+
+    cfg: SpotConfig
+    out: Path
+    model: SPOT
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    dc: DistContext
+    device: str
+    progress: bool
+    start_pre: int = 0  # stage-1 epochs finished before this process started
+    start_epoch: int = 0  # stage-2 epochs finished before this process started
+    best_map: float = -1.0
+    best_epoch: int = -1
+    history: list[dict] = field(default_factory=list)
+    ema_state: dict | None = None  # the saved weight average, loaded when stage 2 starts
+    ema: WeightEMA | None = None  # the weight average of stage 2 (train.ema_decay), built when it starts
+
+    @property
+    def main(self) -> bool:
+        return self.dc.is_main
+
+    @property
+    def final(self) -> SPOT:
+        """What validation and the stage-2 checkpoints see: the weight average when there is one."""
+        return self.model if self.ema is None else self.ema.module
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+
+def build_run(cfg: SpotConfig, out: Path, *, resume: bool, progress: bool, device: str) -> TrainRun:
+    """Build step: seed ``train.seed``, the model and its optimiser (restored from ``train_state.pt``
+    when ``resume``), ``config.yaml``, and ``metrics.jsonl`` (a fresh run starts a new log; a resumed
+    one keeps exactly the epochs in the saved state)."""
     dc = dist_context()
-    main = dc.is_main  # only rank 0 writes files and validates (every rank when single-process)
     torch.manual_seed(cfg.train.seed)
     model = SPOT(cfg.model).to(device)
     opt, sched = make_optimizer(model, cfg)
-    start_epoch, best_map, best_epoch, history, start_pre = 0, -1.0, -1, [], 0
-    state_path = out / "train_state.pt"
-    ema_state = None
+    run = TrainRun(cfg, out, model, opt, sched, dc, device, progress)
     if resume:
-        start_epoch, best_map, best_epoch, history, start_pre = _resume(out, model, opt, sched, cfg)
-        ema_state = _resume_ema(out, cfg)
-        log.info("resumed from %s at pretrain epoch %d, epoch %d", out, start_pre, start_epoch)
-    if main:
+        run.start_epoch, run.best_map, run.best_epoch, run.history, run.start_pre = _resume(
+            out, model, opt, sched, cfg
+        )
+        run.ema_state = _resume_ema(out, cfg)
+        log.info("resumed from %s at pretrain epoch %d, epoch %d", out, run.start_pre, run.start_epoch)
+    if run.main:
         out.mkdir(parents=True, exist_ok=True)
         cfg.to_yaml(out / "config.yaml")
+        run.metrics_path.write_text("".join(json.dumps(row) + "\n" for row in run.history))
+    return run
 
-    def save_state(pre_done: int, epoch_next: int) -> None:
-        if not main:
-            return
-        save_train_state(
-            state_path,
-            {
-                "stage": "pretrain" if pre_done < cfg.semi.pretrain_epochs else "finetune",
-                "pretrain_epoch": pre_done,
-                "epoch": epoch_next,
-                "best_map": best_map,
-                "best_epoch": best_epoch,
-                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "config_hash": resume_hash(cfg),
-                "config": json.dumps(_resume_config(cfg)),
-                "history": json.dumps(history),
-                **({"ema": ema.state_dict()} if ema is not None else {}),
-            },
-        )
 
-    ema = None  # the weight average of stage 2 (train.ema_decay), built when stage 2 starts
-    dataset = WindowDataset(labeled)
-    metrics_path = out / "metrics.jsonl"
-    # a fresh run starts a new log; a resumed one keeps exactly the epochs in the saved state
-    if main:
-        metrics_path.write_text("".join(json.dumps(row) + "\n" for row in history))
+def record_epoch(run: TrainRun, row: dict) -> None:
+    """Append an epoch's row to the history and to ``metrics.jsonl`` (before ``train_state.pt``, so a
+    resume drops it if need be)."""
+    run.history.append(row)
+    if run.main:
+        with run.metrics_path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
 
-    # ---------------------------------------------------------------- stage 1: pretraining
-    if start_pre < cfg.semi.pretrain_epochs:
-        all_windows = WindowDataset(train_windows)
-    for epoch in range(start_pre, cfg.semi.pretrain_epochs):
-        t0 = time.perf_counter()
-        torch.manual_seed(pretrain_seed(cfg.train.seed, epoch))
-        loader = _pretrain_loader(
-            all_windows, cfg, torch.Generator().manual_seed(pretrain_seed(cfg.train.seed, epoch))
-        )
-        aug = torch.Generator().manual_seed(_aug_seed(cfg.train.seed, "pretrain", epoch))
-        for prm in classifier_parameters(model):  # frozen before DDP is built: it syncs the rest
-            prm.requires_grad_(False)
-        runner = ddp_model(model, dc, device)
-        losses = pretrain_one_epoch(
-            runner, shard_loader(loader, dc), opt, cfg, epoch=epoch, gen=aug, progress=progress and main
-        )
-        losses = dc.mean(losses)
-        row = {
-            "stage": "pretrain",
-            "epoch": epoch,
-            **{f"loss_{k}": v for k, v in losses.items()},
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": round(time.perf_counter() - t0, 2),
-        }
-        history.append(row)
-        if main:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            log.info("pretrain epoch %d loss %.4f (%.1fs)", epoch, losses["loss"], row["seconds"])
-            save_model(out / "pretrain.safetensors", model, cfg, pretrain_epoch=epoch)
-        save_state(epoch + 1, 0)
 
-    # ---------------------------------------------------------------- stage 2: (semi-)supervised
-    if cfg.semi.reset_optimizer and cfg.semi.pretrain_epochs > 0 and start_epoch == 0:
+def save_checkpoint(run: TrainRun, pre_done: int, epoch_next: int) -> None:
+    """Checkpoint step: ``train_state.pt`` after ``pre_done`` stage-1 and ``epoch_next`` stage-2
+    epochs (model, optimiser, scheduler, best metric, history, the weight average); main rank only."""
+    if not run.main:
+        return
+    cfg = run.cfg
+    save_train_state(
+        run.out / "train_state.pt",
+        {
+            "stage": "pretrain" if pre_done < cfg.semi.pretrain_epochs else "finetune",
+            "pretrain_epoch": pre_done,
+            "epoch": epoch_next,
+            "best_map": run.best_map,
+            "best_epoch": run.best_epoch,
+            "model": {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()},
+            "optimizer": run.opt.state_dict(),
+            "scheduler": run.sched.state_dict(),
+            "config_hash": resume_hash(cfg),
+            "config": json.dumps(_resume_config(cfg)),
+            "history": json.dumps(run.history),
+            **({"ema": run.ema.state_dict()} if run.ema is not None else {}),
+        },
+    )
+
+
+def pretrain_stage(run: TrainRun, train_windows: list[Window]) -> None:
+    """Stage 1: the remaining ``semi.pretrain_epochs`` epochs over all training windows (labels unused)."""
+    if run.start_pre >= run.cfg.semi.pretrain_epochs:
+        return
+    dataset = WindowDataset(train_windows)
+    for epoch in range(run.start_pre, run.cfg.semi.pretrain_epochs):
+        pretrain_epoch(run, dataset, epoch)
+
+
+def pretrain_epoch(run: TrainRun, dataset: WindowDataset, epoch: int) -> None:
+    """One stage-1 epoch, reseeded from ``(train.seed, epoch)`` (:func:`pretrain_seed`): train, log,
+    ``pretrain.safetensors``, ``train_state.pt``."""
+    cfg, dc = run.cfg, run.dc
+    t0 = time.perf_counter()
+    torch.manual_seed(pretrain_seed(cfg.train.seed, epoch))
+    loader = _pretrain_loader(
+        dataset, cfg, torch.Generator().manual_seed(pretrain_seed(cfg.train.seed, epoch))
+    )
+    aug = torch.Generator().manual_seed(_aug_seed(cfg.train.seed, "pretrain", epoch))
+    for prm in classifier_parameters(run.model):  # frozen before DDP is built: it syncs the rest
+        prm.requires_grad_(False)
+    runner = ddp_model(run.model, dc, run.device)
+    losses = pretrain_one_epoch(
+        runner,
+        shard_loader(loader, dc),
+        run.opt,
+        cfg,
+        epoch=epoch,
+        gen=aug,
+        progress=run.progress and run.main,
+    )
+    losses = dc.mean(losses)
+    row = {
+        "stage": "pretrain",
+        "epoch": epoch,
+        **{f"loss_{k}": v for k, v in losses.items()},
+        "lr": run.opt.param_groups[0]["lr"],
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    record_epoch(run, row)
+    if run.main:
+        log.info("pretrain epoch %d loss %.4f (%.1fs)", epoch, losses["loss"], row["seconds"])
+        save_model(run.out / "pretrain.safetensors", run.model, cfg, pretrain_epoch=epoch)
+    save_checkpoint(run, epoch + 1, 0)
+
+
+def start_finetune(run: TrainRun) -> None:
+    """Stage 2's optimiser and weight average: fresh Adam moments after pretraining
+    (``semi.reset_optimizer``), then the EMA of ``train.ema_decay`` (its saved state on resume)."""
+    cfg = run.cfg
+    if cfg.semi.reset_optimizer and cfg.semi.pretrain_epochs > 0 and run.start_epoch == 0:
         # stage 2 starts from the pretrained weights with fresh Adam moments (a resume at this
         # boundary holds stage 1's optimiser and resets it here too, so it replays exactly)
-        opt, sched = make_optimizer(model, cfg)
-    if start_epoch < cfg.train.epochs or ema_state is not None:
-        ema = attach_ema(model, opt, cfg.train.ema_decay)
-        if ema is not None and ema_state is not None:
-            ema.load_state_dict(ema_state)
-    final = model if ema is None else ema.module  # what validation and the checkpoints see
+        run.opt, run.sched = make_optimizer(run.model, cfg)
+    if run.start_epoch < cfg.train.epochs or run.ema_state is not None:
+        run.ema = attach_ema(run.model, run.opt, cfg.train.ema_decay)
+        if run.ema is not None and run.ema_state is not None:
+            run.ema.load_state_dict(run.ema_state)
+
+
+def finetune_stage(
+    run: TrainRun,
+    labeled: list[Window],
+    unlabeled: list[Window],
+    val_set: AnnotationSet | None,
+    val_windows: list[Window],
+    *,
+    validate_every: int,
+) -> None:
+    """Stage 2: the remaining ``train.epochs`` epochs, supervised or (with unlabelled windows)
+    semi-supervised; each is trained, validated, logged and checkpointed."""
+    cfg = run.cfg
+    start_finetune(run)
+    dataset = WindowDataset(labeled)
     unl_dataset = WindowDataset(unlabeled) if unlabeled else None
     bs_u = 0
     if unlabeled:
         bs_u = unlabeled_batch_size(cfg.train.batch_size, len(labeled), len(unlabeled), cfg.semi)
-    runner = ddp_model(model, dc, device) if start_epoch < cfg.train.epochs else model
-    for epoch in range(start_epoch, cfg.train.epochs):
+    runner = ddp_model(run.model, run.dc, run.device) if run.start_epoch < cfg.train.epochs else run.model
+    for epoch in range(run.start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()
-        torch.manual_seed(epoch_seed(cfg.train.seed, epoch))
-        gen = torch.Generator().manual_seed(epoch_seed(cfg.train.seed, epoch))
-        loader = shard_loader(_labeled_loader(dataset, cfg, gen), dc)
-        if unl_dataset is None:
-            losses = train_one_epoch(runner, loader, opt, cfg, epoch=epoch, progress=progress and main)
-        else:
-            aug_seed = _aug_seed(cfg.train.seed, "finetune", epoch)
-            unl_loader = DataLoader(
-                unl_dataset,
-                batch_size=bs_u,
-                shuffle=True,
-                generator=torch.Generator().manual_seed(aug_seed + 1),
-                num_workers=cfg.train.num_workers,
-                drop_last=True,
-            )
-            aug = torch.Generator().manual_seed(aug_seed)
-            losses = train_semi_one_epoch(
-                runner, loader, shard_loader(unl_loader, dc), opt, cfg, epoch=epoch, gen=aug,
-                progress=progress and main,
-            )  # fmt: skip
-        losses = dc.mean(losses)
-        sched.step()
-        do_val = main and bool(val_windows) and val_set is not None and validate_every > 0
-        do_val = do_val and ((epoch + 1) % validate_every == 0 or epoch + 1 == cfg.train.epochs)
-        preds, res = validate(final, val_windows, val_set, cfg) if do_val else (None, None)
+        losses = finetune_epoch(run, runner, dataset, unl_dataset, bs_u, epoch)
+        run.sched.step()
+        preds, res = validate_epoch(run, val_set, val_windows, epoch, validate_every=validate_every)
         row = {
             **({"stage": "finetune"} if cfg.semi.pretrain_epochs or unl_dataset is not None else {}),
             "epoch": epoch,
             **{f"loss_{k}": v for k, v in losses.items()},
             **({"val_average_mAP": res["average_mAP"]} if res is not None else {}),
-            "lr": opt.param_groups[0]["lr"],
+            "lr": run.opt.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - t0, 2),
         }
-        history.append(row)
-        if main:
-            with metrics_path.open("a") as f:  # before train_state.pt: a resume drops it if need be
-                f.write(json.dumps(row) + "\n")
+        record_epoch(run, row)
         log.info(
             "epoch %d loss %.4f val mAP %.4f (%.1fs)",
             epoch,
@@ -686,15 +784,77 @@ def train_on_windows(
             res["average_mAP"] if res is not None else float("nan"),
             row["seconds"],
         )
-        if res is not None and res["average_mAP"] > best_map:
-            best_map, best_epoch = res["average_mAP"], epoch
-            save_model(out / "best.safetensors", final, cfg, epoch=epoch, val_average_mAP=best_map)
-            (out / "val_predictions.json").write_text(json.dumps(preds))
-        last_map = res["average_mAP"] if res is not None else float("nan")
-        if main:
-            save_model(out / "last.safetensors", final, cfg, epoch=epoch, val_average_mAP=last_map)
-        save_state(cfg.semi.pretrain_epochs, epoch + 1)
-    return TrainResult(out, best_map, best_epoch, [r for r in history if r.get("stage") != "pretrain"])
+        checkpoint_epoch(run, epoch, preds, res)
+
+
+def finetune_epoch(
+    run: TrainRun,
+    runner: SPOT,
+    dataset: WindowDataset,
+    unl_dataset: WindowDataset | None,
+    bs_u: int,
+    epoch: int,
+) -> dict[str, float]:
+    """One stage-2 epoch, reseeded from ``(train.seed, epoch)``: :func:`train_one_epoch`, or
+    :func:`train_semi_one_epoch` with ``bs_u`` unlabelled windows per step. Loss terms averaged over ranks."""
+    cfg, dc = run.cfg, run.dc
+    torch.manual_seed(epoch_seed(cfg.train.seed, epoch))
+    gen = torch.Generator().manual_seed(epoch_seed(cfg.train.seed, epoch))
+    loader = shard_loader(_labeled_loader(dataset, cfg, gen), dc)
+    progress = run.progress and run.main
+    if unl_dataset is None:
+        losses = train_one_epoch(runner, loader, run.opt, cfg, epoch=epoch, progress=progress)
+    else:
+        aug_seed = _aug_seed(cfg.train.seed, "finetune", epoch)
+        unl_loader = DataLoader(
+            unl_dataset,
+            batch_size=bs_u,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(aug_seed + 1),
+            num_workers=cfg.train.num_workers,
+            drop_last=True,
+        )
+        aug = torch.Generator().manual_seed(aug_seed)
+        losses = train_semi_one_epoch(
+            runner,
+            loader,
+            shard_loader(unl_loader, dc),
+            run.opt,
+            cfg,
+            epoch=epoch,
+            gen=aug,
+            progress=progress,
+        )
+    return dc.mean(losses)
+
+
+def validate_epoch(
+    run: TrainRun,
+    val_set: AnnotationSet | None,
+    val_windows: list[Window],
+    epoch: int,
+    *,
+    validate_every: int,
+) -> tuple[dict | None, dict | None]:
+    """Validate step: :func:`validate` on the main rank every ``validate_every`` fine-tuning epochs and
+    after the last one; ``(None, None)`` otherwise."""
+    do_val = run.main and bool(val_windows) and val_set is not None and validate_every > 0
+    do_val = do_val and ((epoch + 1) % validate_every == 0 or epoch + 1 == run.cfg.train.epochs)
+    return validate(run.final, val_windows, val_set, run.cfg) if do_val else (None, None)
+
+
+def checkpoint_epoch(run: TrainRun, epoch: int, preds: dict | None, res: dict | None) -> None:
+    """Checkpoint step of a fine-tuning epoch: ``best.safetensors`` and ``val_predictions.json`` on a
+    new best mAP, ``last.safetensors``, then ``train_state.pt``."""
+    cfg = run.cfg
+    if res is not None and res["average_mAP"] > run.best_map:
+        run.best_map, run.best_epoch = res["average_mAP"], epoch
+        save_model(run.out / "best.safetensors", run.final, cfg, epoch=epoch, val_average_mAP=run.best_map)
+        (run.out / "val_predictions.json").write_text(json.dumps(preds))
+    last_map = res["average_mAP"] if res is not None else float("nan")
+    if run.main:
+        save_model(run.out / "last.safetensors", run.final, cfg, epoch=epoch, val_average_mAP=last_map)
+    save_checkpoint(run, cfg.semi.pretrain_epochs, epoch + 1)
 
 
 def _resume_ema(out: Path, cfg: SpotConfig) -> dict | None:
