@@ -59,18 +59,19 @@ PEER = {
 #: ActRecTut architectures (``--arch``): the ``actrectut`` preset (local backbone, pairwise mask head,
 #: issue 14) and the original SPOT model with the recipe of issue 3 (runs cached before ``arch``
 #: existed are of this one)
-ARCHS = ("local-pairwise", "local-spot", "conv-pairwise", "spot")
+ARCHS = ("local-spot", "local-pairwise", "conv-pairwise", "spot")
 ARCH_NAMES = {
-    "local-pairwise": "backbone local + mask head pairwise (the `actrectut` preset)",
-    "local-spot": "backbone local (+ sinusoidal position) + mask head spot (`--arch local-spot`)",
+    "local-spot": "backbone local (+ sinusoidal position) + mask head spot (the `actrectut` preset)",
+    "local-pairwise": "backbone local + mask head pairwise (`--arch local-pairwise`)",
     "conv-pairwise": "backbone conv + mask head pairwise (`--arch conv-pairwise`)",
     "spot": "backbone spot + mask head spot (the original; `SPOT_ORIGINAL_ACTRECTUT` overrides)",
 }
 #: overrides of the ``actrectut`` preset per architecture (``spot``: SPOT_ORIGINAL_ACTRECTUT)
+PAIRWISE = ("model.mask_head=pairwise", "model.abs_pos=false")
 ARCH_SETS = {
-    "local-pairwise": (),
-    "local-spot": ("model.mask_head=spot", "model.abs_pos=true"),
-    "conv-pairwise": ("model.backbone=conv",),
+    "local-spot": (),
+    "local-pairwise": PAIRWISE,
+    "conv-pairwise": ("model.backbone=conv", *PAIRWISE),
 }
 # toy rows at 10% labels: as many optimiser steps per epoch as the 100% run (240 videos / batch 16)
 TOY_STEPS = 15

@@ -506,9 +506,11 @@ def _toy() -> SpotConfig:
 def _actrectut() -> SpotConfig:
     """ActRecTut gesture streams (``spot_core.actrectut``): 60-dim snippets at 4 per second,
     windows of 128 snippets (32 s), 11 classes, THUMOS tIoUs. The winning configuration of issue 14
-    (docs/results.md): the ``local`` backbone with per-window input standardisation, a conv
-    classifier, the ``pairwise`` mask head, random crops (training stride 2), weight EMA, and every
-    snippet's row decoded (``top_k = T``). ``SPOT_ORIGINAL_ACTRECTUT`` restores the original model."""
+    (docs/results.md): the ``local`` backbone with per-window input standardisation and a
+    sinusoidal position code, a conv classifier, SPOT's own mask head (``spot``: absolute columns,
+    which the position code makes usable; it beat the ``pairwise`` head over 3 seeds), random crops
+    (training stride 2), weight EMA, and every snippet's row decoded (``top_k = T``) into mask
+    proposals only. ``SPOT_ORIGINAL_ACTRECTUT`` restores the original model."""
     return SpotConfig(
         name="actrectut",
         model=ModelConfig(
@@ -526,8 +528,9 @@ def _actrectut() -> SpotConfig:
             attn_window=16,
             input_dropout=0.4,
             window_norm=True,
+            abs_pos=True,
             cls_head="conv",
-            mask_head="pairwise",
+            mask_head="spot",
         ),
         data=DataConfig(mode="window", stride=32, train_stride=2, snippet_rate=4.0, protocol="thumos"),
         train=TrainConfig(
@@ -563,6 +566,7 @@ SPOT_ORIGINAL_ACTRECTUT = (
     "model.embed_dropout=0.1",
     "model.input_dropout=0.0",
     "model.window_norm=false",
+    "model.abs_pos=false",
     "data.train_stride=null",
     "train.epochs=10",
     "train.lr_step=8",

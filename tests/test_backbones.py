@@ -159,9 +159,10 @@ def test_config_validation_names_the_key():
 def test_actrectut_original_overrides_give_the_original_model():
     cfg = SpotConfig.preset("actrectut").override(list(SPOT_ORIGINAL_ACTRECTUT))
     m = cfg.model
-    assert (m.backbone, m.mask_head, m.cls_head, cfg.train.ema_decay, cfg.decode.top_k) == (
-        "spot", "spot", "linear", None, 10,
+    assert (m.backbone, m.mask_head, m.cls_head, m.abs_pos, cfg.train.ema_decay, cfg.decode.top_k) == (
+        "spot", "spot", "linear", False, None, 10,
     )  # fmt: skip
+    assert len(cfg.decode.class_thresholds) == 9
 
 
 # ------------------------------------------------------------------------------------- training
@@ -249,12 +250,13 @@ def test_semi_supervised_recipe_with_the_local_backbone(tmp_path):
 
 
 # --------------------------------------------------------------------------------------- the stack
-def test_onnx_export_of_the_new_default_at_two_batch_sizes(tmp_path, make_model, make_features):
+@pytest.mark.parametrize("mask_head", ["spot", "pairwise"])
+def test_onnx_export_of_the_new_default_at_two_batch_sizes(tmp_path, make_model, make_features, mask_head):
     pytest.importorskip("onnxscript")
     from export.onnx import export_onnx
     from runtime.onnx_model import OnnxRunner
 
-    cfg = SpotConfig.preset("actrectut")
+    cfg = SpotConfig.preset("actrectut").override([f"model.mask_head={mask_head}"])
     model = make_model(cfg, 0)
     path = export_onnx(model, cfg, tmp_path / "m.onnx")
     dec = export_onnx(model, cfg, tmp_path / "d.onnx", with_decode=True)
@@ -269,10 +271,13 @@ def test_onnx_export_of_the_new_default_at_two_batch_sizes(tmp_path, make_model,
         assert props["segments"].shape[0] == b
 
 
-def test_fused_path_follows_the_pairwise_head(make_model, make_features):
+@pytest.mark.parametrize("mask_head", ["pairwise", "spot"])
+def test_fused_path_follows_the_new_heads(make_model, make_features, mask_head):
     from kernels.pipeline import fused_detect
 
-    cfg = toy_local("model.window_norm=true", "decode.top_k=64")
+    cfg = toy_local(
+        "model.window_norm=true", "decode.top_k=64", f"model.mask_head={mask_head}", "model.abs_pos=true"
+    )
     model = make_model(cfg, 3, sharpen=5.0)
     x = make_features(cfg, 4)
     with torch.no_grad():
