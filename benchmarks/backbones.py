@@ -32,15 +32,16 @@ from spot_core.model import SPOT
 log = logging.getLogger(__name__)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-#: (name, preset, overrides): the original SPOT, the actrectut preset (local + pairwise), and the
+#: (name, preset, overrides): the original SPOT, the actrectut preset (local + spot head), and the
 #: study's other combinations
+PAIRWISE = ("model.mask_head=pairwise", "model.abs_pos=false")
 ARCHS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("spot + spot (original)", "actrectut", SPOT_ORIGINAL_ACTRECTUT),
-    ("local + pairwise (actrectut preset)", "actrectut", ()),
-    ("local + spot head", "actrectut", ("model.mask_head=spot", "model.abs_pos=true")),
-    ("conv + pairwise", "actrectut", ("model.backbone=conv",)),
+    ("local + spot head (actrectut preset)", "actrectut", ()),
+    ("local + pairwise", "actrectut", PAIRWISE),
+    ("conv + pairwise", "actrectut", ("model.backbone=conv", *PAIRWISE)),
     ("spot + spot (anet preset)", "anet", ()),
-    ("local + pairwise, anet sizes", "anet", ("model.backbone=local", "model.mask_head=pairwise",
+    ("local + spot head, anet sizes", "anet", ("model.backbone=local", "model.abs_pos=true",
         "model.cls_head=conv", "model.hidden_dim=256", "model.window_norm=true")),
 )  # fmt: skip
 
