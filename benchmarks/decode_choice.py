@@ -33,7 +33,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def held_out_run(data: Path, subject: str, seed: int = 0, train_frac: float = 0.7) -> dict[str, Any]:
+def held_out_run(
+    data: Path, subject: str, seed: int = 0, train_frac: float = 0.7, sets: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Train on the first ``train_frac`` of ``subject``'s pieces, score every variant on the rest."""
     from spot_core.actrectut import (
         SNIPPET_RATE,
@@ -57,7 +59,7 @@ def held_out_run(data: Path, subject: str, seed: int = 0, train_frac: float = 0.
     a_name, b_name = f"{subject}_a", f"{subject}_b"
     a = Stream(a_name, s.features[:cut], sub_video(s.video, 0, cut, a_name, "training", True, SNIPPET_RATE))
     b = Stream(b_name, s.features[cut:], sub_video(s.video, cut, n, b_name, "validation", True, SNIPPET_RATE))
-    cfg = variant_config(SpotConfig.preset("actrectut"), "sup100", seed)  # the sup100 row's recipe
+    cfg = variant_config(SpotConfig.preset("actrectut").override(list(sets)), "sup100", seed)  # sup100 row
     split = build_split(cfg, classes, a, b, train_stride=default_train_stride(cfg), test_piece_sec=150.0)
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(seed)
@@ -86,17 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subjects", nargs="+", default=["subject1_gesture", "subject2_gesture"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=RESULTS)
+    p.add_argument("--set", dest="sets", nargs="*", default=[], help="overrides of the actrectut preset")
     args = p.parse_args(argv)
     setup_logging(1)
     torch.set_num_threads(1)
     rows = []
     for subject in args.subjects:
-        rows.append(held_out_run(args.data, subject, args.seed))
+        rows.append(held_out_run(args.data, subject, args.seed, sets=tuple(args.sets)))
         print(json.dumps(rows[-1]))
+    command = " ".join(["python -m benchmarks.decode_choice", *(["--set", *args.sets] if args.sets else [])])
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(
-        json.dumps({"command": "python -m benchmarks.decode_choice", "runs": rows}, indent=1) + "\n"
-    )
+    args.json.write_text(json.dumps({"command": command, "runs": rows}, indent=1) + "\n")
     return 0
 
 
