@@ -64,6 +64,26 @@ class WindowDataset(Dataset):
         return [i for i, w in enumerate(self.windows) if (w.labeled and w.has_targets) == labeled]
 
 
+def annotation_file(data_dir: Path) -> Path:
+    """``<data_dir>/annotations.json``, or a clear error when the folder or the file is missing."""
+    if not data_dir.is_dir():
+        raise AnnotationError(f"{data_dir}: dataset folder not found")
+    anno = data_dir / ANNOTATIONS_FILE
+    if not anno.is_file():
+        raise AnnotationError(
+            f"{anno}: not found (a dataset folder holds {ANNOTATIONS_FILE} and {FEATURES_DIR}/)"
+        )
+    return anno
+
+
+def feature_dir(data_dir: Path) -> Path:
+    """``<data_dir>/features``, or a clear error when it is missing."""
+    feat_dir = data_dir / FEATURES_DIR
+    if not feat_dir.is_dir():
+        raise FeatureError(f"{feat_dir}: feature folder not found")
+    return feat_dir
+
+
 def load_dataset(
     data_dir: str | Path,
     cfg: SpotConfig,
@@ -85,19 +105,11 @@ def load_dataset(
     split: :func:`~spot_core.data.annotations.split_labels`, ``apply_split_file``).
     """
     data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise AnnotationError(f"{data_dir}: dataset folder not found")
-    anno = data_dir / ANNOTATIONS_FILE
-    if not anno.is_file():
-        raise AnnotationError(
-            f"{anno}: not found (a dataset folder holds {ANNOTATIONS_FILE} and {FEATURES_DIR}/)"
-        )
+    anno = annotation_file(data_dir)
     aset = load_annotations(anno, class_names=list(cfg.class_names) or None)
     if relabel is not None:
         aset = relabel(aset)
-    feat_dir = data_dir / FEATURES_DIR
-    if not feat_dir.is_dir():
-        raise FeatureError(f"{feat_dir}: feature folder not found")
+    feat_dir = feature_dir(data_dir)
     ext = "npy" if any(feat_dir.glob("*.npy")) or not any(feat_dir.glob("*.csv")) else "csv"
     store = FeatureStore(feat_dir, ext, expected_dim=cfg.model.feat_dim)
     stats = None
@@ -134,22 +146,10 @@ def dataset_sizes(data_dir: str | Path) -> DataSizes:
     from .streams import read_stream
 
     data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise AnnotationError(f"{data_dir}: dataset folder not found")
-    anno = data_dir / ANNOTATIONS_FILE
-    if not anno.is_file():
-        raise AnnotationError(
-            f"{anno}: not found (a dataset folder holds {ANNOTATIONS_FILE} and {FEATURES_DIR}/)"
-        )
+    anno = annotation_file(data_dir)
     aset = load_annotations(anno)
-    feat_dir = data_dir / FEATURES_DIR
-    if not feat_dir.is_dir():
-        raise FeatureError(f"{feat_dir}: feature folder not found")
-    files = (
-        sorted(p for p in feat_dir.glob("*") if p.suffix.lower() in (".npy", ".csv"))
-        if feat_dir.is_dir()
-        else []
-    )
+    feat_dir = feature_dir(data_dir)
+    files = sorted(p for p in feat_dir.glob("*") if p.suffix.lower() in (".npy", ".csv"))
     if not files:
         raise FeatureError(f"{feat_dir}: no .npy or .csv feature files")
     widths: dict[int, str] = {}
