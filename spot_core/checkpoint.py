@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from . import __version__
 from .config import ConfigError, SpotConfig
 from .errors import SpotError
 from .model import SPOT
+from .outputs import atomic_write, sha256_file, write_bytes_atomic  # noqa: F401 (re-exported)
 
 FORMAT = "spot-checkpoint-v1"
 STATE_FORMAT = "spot-train-state-v2"  # serialized state bytes + their sha256
@@ -37,20 +36,6 @@ STATE_FORMAT = "spot-train-state-v2"  # serialized state bytes + their sha256
 
 class CheckpointError(SpotError, ValueError):
     """A checkpoint file is missing, corrupt or does not match the configuration."""
-
-
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_model(path: str | Path, model: SPOT, cfg: SpotConfig, **facts: Any) -> Path:
@@ -64,24 +49,8 @@ def save_model(path: str | Path, model: SPOT, cfg: SpotConfig, **facts: Any) -> 
         "weights_sha256": _digest(tensors),
     }
     meta.update({k: str(v) for k, v in facts.items()})
-    _atomic(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return path
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder (fsync, rename)."""
-    path = Path(path)
-    _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
-    return path
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -174,7 +143,7 @@ def save_train_state(path: str | Path, state: dict[str, Any]) -> Path:
         "sha256": hashlib.sha256(payload).hexdigest(),
         "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8),
     }
-    _atomic(path, lambda tmp: torch.save(wrapped, tmp))
+    atomic_write(path, lambda tmp: torch.save(wrapped, tmp))
     return path
 
 

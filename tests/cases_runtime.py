@@ -1,0 +1,8 @@
+"""Bad invocations of the runtime and export CLIs (runtime.stream, runtime.batch, export.*): rows of
+``tests/test_bad_inputs.py`` (see ``tests/bad_case.py`` for the row type and what each asserts)."""
+
+from __future__ import annotations
+
+from bad_case import Case
+
+CASES: list[Case] = []
