@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -237,18 +238,33 @@ class SpotConfig:
         return _build(SpotConfig, d, "")
 
     def to_yaml(self, path: str | Path | None = None) -> str:
+        """The config as YAML; also written (atomically) to ``path`` when given."""
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
-            Path(path).write_text(text)
+            from .outputs import write_text_atomic
+
+            write_text_atomic(path, text)
         return text
 
     @staticmethod
     def from_yaml(path: str | Path) -> SpotConfig:
+        """Read a YAML config (plain YAML only: ``safe_load``; a Python tag such as
+        ``!!python/object`` is refused, never constructed). Every error names the file."""
         path = Path(path)
         try:
-            d = yaml.safe_load(path.read_text())
+            d = yaml.safe_load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a folder, expected a YAML config file") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a UTF-8 text file") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+        except yaml.constructor.ConstructorError as e:
+            raise ConfigError(
+                f"{path}: YAML tag not allowed ({e.problem}{_mark(e)}); a config holds plain values only"
+            ) from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(d, dict):
@@ -275,7 +291,13 @@ class SpotConfig:
                 node = node[p]
             if not isinstance(node, dict) or parts[-1] not in node:
                 raise ConfigError(f"override {a!r}: unknown key {key!r}")
-            node[parts[-1]] = yaml.safe_load(raw)
+            if isinstance(node[parts[-1]], dict):
+                raise ConfigError(f"override {a!r}: {key!r} is a section; set its keys ({key}.KEY=VALUE)")
+            try:
+                node[parts[-1]] = yaml.safe_load(raw)
+            except yaml.YAMLError as e:
+                problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+                raise ConfigError(f"override {a!r}: value is not valid YAML ({problem})") from None
         return SpotConfig.from_dict(d)
 
     def replace(self, **changes: Any) -> SpotConfig:
@@ -294,6 +316,11 @@ class SpotConfig:
     def names(self) -> list[str]:
         """All K class names: ``class_names`` when set, else ``class_0 .. class_{K-1}``."""
         return [self.class_name(i) for i in range(self.model.num_classes)]
+
+
+def _mark(e: yaml.MarkedYAMLError) -> str:
+    m = e.problem_mark
+    return "" if m is None else f", line {m.line + 1}"
 
 
 def _lists(x: Any) -> Any:
@@ -321,10 +348,33 @@ def _build(cls: type, d: Any, where: str) -> Any:
         elif isinstance(default, tuple):
             if not isinstance(value, (list, tuple)):
                 raise ConfigError(f"{sub}: expected a list, got {value!r}")
-            kwargs[name] = tuple(value)
+            kwargs[name] = _coerce_items(value, sub, f_type=known[name].type)
         else:
             kwargs[name] = _coerce(default, value, sub, f_type=known[name].type)
     return cls(**kwargs)
+
+
+def _coerce_items(value: list | tuple, where: str, f_type: Any) -> tuple:
+    """A list value as the tuple its field holds, each element checked: ``tuple[float, ...]`` takes
+    finite numbers (ints become floats), ``tuple[str, ...]`` strings."""
+    out = []
+    for i, x in enumerate(value):
+        w = f"{where}[{i}]"
+        if "float" in str(f_type):
+            if isinstance(x, str):  # YAML 1.1 reads "1e-2" (no dot) as a string
+                try:
+                    x = float(x)
+                except ValueError:
+                    pass
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                raise ConfigError(f"{w}: expected a number, got {x!r}")
+            if not math.isfinite(x):
+                raise ConfigError(f"{w}: expected a finite number, got {x!r}")
+            x = float(x)
+        elif "str" in str(f_type) and not isinstance(x, str):
+            raise ConfigError(f"{w}: expected a string, got {x!r}")
+        out.append(x)
+    return tuple(out)
 
 
 def _coerce(default: Any, value: Any, where: str, f_type: Any) -> Any:
@@ -357,8 +407,61 @@ def _coerce(default: Any, value: Any, where: str, f_type: Any) -> Any:
     return value
 
 
+def _validate_types(cfg: SpotConfig) -> None:
+    """Every number finite and of its field's type, every tuple element too (a config built in
+    code skips :func:`_build`'s checks): a bad element fails here, before any run starts."""
+    for section in fields(cfg):
+        sec = getattr(cfg, section.name)
+        if not is_dataclass(sec):
+            continue
+        for f in fields(sec):
+            v, where, ft = getattr(sec, f.name), f"{section.name}.{f.name}", str(f.type)
+            if isinstance(v, tuple):
+                _coerce_items(v, where, f_type=ft)
+            elif isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{where}: expected a finite number, got {v}")
+            elif v is not None and "float" in ft and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise ConfigError(f"{where}: expected a number, got {v!r}")
+            elif v is not None and ft.startswith("int") and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ConfigError(f"{where}: expected an integer, got {v!r}")
+    _coerce_items(cfg.class_names, "class_names", f_type="tuple[str, ...]")
+    if len(set(cfg.class_names)) != len(cfg.class_names):
+        dup = sorted({c for c in cfg.class_names if cfg.class_names.count(c) > 1})
+        raise ConfigError(f"class_names: duplicated names {dup}")
+
+
+def _validate_ranges(cfg: SpotConfig) -> None:
+    """Ranges of the optimiser, loss and decode numbers (each named with its key)."""
+    tr, ls, dec, dc = cfg.train, cfg.loss, cfg.decode, cfg.data
+    checks = [
+        ("train.lr", tr.lr > 0, "> 0"),
+        ("train.weight_decay", tr.weight_decay >= 0, ">= 0"),
+        ("train.lr_step", tr.lr_step >= 1, ">= 1"),
+        ("train.lr_gamma", tr.lr_gamma > 0, "> 0"),
+        ("train.num_workers", tr.num_workers >= 0, ">= 0"),
+        ("train.grad_clip", tr.grad_clip is None or tr.grad_clip >= 0, ">= 0 or null"),
+        ("loss.focal_gamma", ls.focal_gamma >= 0, ">= 0"),
+        ("decode.min_len_frac", 0.0 <= dec.min_len_frac < 1.0, "in [0, 1)"),
+        ("data.min_inside", 0.0 < dc.min_inside <= 1.0, "in (0, 1]"),
+    ]
+    for name in ("cls_weight", "mask_bce_weight", "mask_dice_weight"):
+        checks.append((f"loss.{name}", getattr(ls, name) >= 0, ">= 0"))
+    for key, ok, want in checks:
+        if not ok:
+            section, name = key.split(".")
+            raise ConfigError(f"{key} must be {want}, got {getattr(getattr(cfg, section), name)}")
+    for name in ("mask_thresholds", "class_thresholds"):
+        for i, t in enumerate(getattr(dec, name)):
+            if not 0.0 <= t <= 1.0:
+                raise ConfigError(f"decode.{name}[{i}] must be in [0, 1], got {t}")
+
+
 def validate(cfg: SpotConfig) -> None:
-    """Raise :class:`ConfigError` on values no run could use."""
+    """Raise :class:`ConfigError` on values no run could use: types (every number finite, every
+    list element of its field's type), then ranges. Run when a config is built, so that a bad value
+    fails before a run writes anything."""
+    _validate_types(cfg)
+    _validate_ranges(cfg)
     m, dc, dec, tr = cfg.model, cfg.data, cfg.decode, cfg.train
     for name in ("feat_dim", "num_snippets", "num_classes", "num_heads", "mask_hidden"):
         if getattr(m, name) < 1:
@@ -470,6 +573,10 @@ def _validate_semi(s: SemiConfig) -> None:
             raise ConfigError(f"semi.{name} must be in [0, 1], got {getattr(s, name)}")
     if s.easy_drop >= 1.0 or s.recon_drop >= 1.0 or s.pretrain_drop >= 1.0:
         raise ConfigError("semi dropout rates must be < 1")
+    weights = ("unlabeled_weight", "recon_weight", "refine_weight", "order_weight")
+    for name in (*weights, "pretrain_mask_weight", "pretrain_recon_weight", "pretrain_order_weight"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"semi.{name} must be >= 0, got {getattr(s, name)}")
     if s.temperature <= 0:
         raise ConfigError(f"semi.temperature must be > 0, got {s.temperature}")
     for name in ("pretrain_min_len", "pretrain_max_segments", "k_easy", "k_hard", "band_inner"):
