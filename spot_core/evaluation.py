@@ -39,6 +39,10 @@ Deliberate differences from the official code (no effect on valid inputs):
 * The prediction file only needs a ``results`` key (``version`` / ``external_data`` are optional).
 * Bad input raises :class:`EvaluationError` (a ``ValueError``) naming the file and the problem; an empty
   subset is an error rather than a crash deep inside pandas.
+* NaN or infinite numbers (a ground-truth segment, a predicted segment or score) and a key repeated
+  in a JSON object (``json`` keeps the last one) are errors naming the video: the official code
+  takes them silently and they change the mAP. (A NaN *tIoU* from two zero-length segments is not
+  an input and keeps the official semantics above.)
 * If no prediction video id is in the ground truth but some are after adding or removing a ``v_`` prefix
   (SPOT/BSN files use ``v_<id>``, the official ActivityNet JSON does not), we raise instead of silently
   scoring everything as false positives. Ids are never renamed.
@@ -46,7 +50,6 @@ Deliberate differences from the official code (no effect on valid inputs):
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -55,7 +58,14 @@ from typing import Any
 
 import numpy as np
 
-from spot_core.data.annotations import AnnotationError, AnnotationSet, load_annotations, parse_activitynet
+from spot_core.data.annotations import (
+    AnnotationError,
+    AnnotationSet,
+    load_annotations,
+    parse_activitynet,
+    parse_json,
+    show,
+)
 
 from .errors import SpotError
 
@@ -203,6 +213,11 @@ def ground_truth_arrays(gt: AnnotationSet, subset: str | None = "validation") ->
                     f"ground truth: video {v.video_id!r}: segment [{inst.start!r}, {inst.end!r}] "
                     "is not two numbers"
                 ) from None
+            if not (np.isfinite(s_l[-1]) and np.isfinite(e_l[-1])):
+                raise EvaluationError(
+                    f"ground truth: video {v.video_id!r}: segment [{s_l[-1]}, {e_l[-1]}] is not two "
+                    "finite numbers"
+                )
     return GroundTruthArrays(
         video_ids=[v.video_id for v in videos],
         classes=list(cidx),
@@ -254,19 +269,17 @@ def load_ground_truth(
 
 
 def _read_json(path: Path, what: str) -> Any:
+    """The JSON of ``path``, strictly (:func:`spot_core.data.annotations.parse_json`: a repeated key
+    in an object is an error, not last-one-wins)."""
     try:
-        with path.open("rb") as f:
-            return json.load(f)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise EvaluationError(f"{path}: {what} file not found") from None
     except IsADirectoryError:
         raise EvaluationError(f"{path}: is a directory, expected a {what} JSON file") from None
-    except UnicodeDecodeError as e:
-        raise EvaluationError(f"{path}: not a UTF-8 JSON file ({e})") from None
-    except json.JSONDecodeError as e:
-        raise EvaluationError(
-            f"{path}: malformed JSON: {e.msg} (line {e.lineno}, column {e.colno})"
-        ) from None
+    except OSError as e:
+        raise EvaluationError(f"{path}: cannot read the {what} file ({e.strerror or e})") from None
+    return parse_json(data, path, EvaluationError)
 
 
 def load_predictions(path: str | Path) -> dict[str, list[dict]]:
@@ -336,12 +349,23 @@ def _flatten_predictions(predictions: Mapping[str, Sequence[Mapping]], source: s
     if not ok:
         _diagnose_all(predictions, source)
     seg = seg.astype(np.float64, copy=False)
+    score = score.astype(np.float64, copy=False)
+    bad = ~(np.isfinite(seg).all(axis=1) & np.isfinite(score))
+    if bad.any():
+        i = int(np.argmax(bad))
+        v = int(np.searchsorted(np.cumsum(counts), i, side="right"))
+        vid = list(predictions.keys())[v]
+        j = i - (int(np.sum(counts[:v])) if v else 0)
+        raise EvaluationError(
+            f"{source}: video {vid!r}, prediction {j}: segment {show(seg[i].tolist())} and score "
+            f"{show(float(score[i]))} must be finite numbers"
+        )
     return _Predictions(
         video_ids=list(predictions.keys()),
         count=np.asarray(counts, dtype=np.int64),
         start=np.ascontiguousarray(seg[:, 0]),
         end=np.ascontiguousarray(seg[:, 1]),
-        score=score.astype(np.float64, copy=False),
+        score=score,
         labels=labels,
     )
 
@@ -360,9 +384,9 @@ def _diagnose(vid: str, items: Sequence[Any], source: str) -> None:
                 raise EvaluationError(f"{where}: missing {key!r}")
         seg = r["segment"]
         if not (isinstance(seg, list | tuple) and len(seg) == 2 and all(_is_number(x) for x in seg)):
-            raise EvaluationError(f"{where}: 'segment' must be two numbers [start, end], got {seg!r}")
+            raise EvaluationError(f"{where}: 'segment' must be two numbers [start, end], got {show(seg)}")
         if not _is_number(r["score"]):
-            raise EvaluationError(f"{where}: 'score' must be a number, got {r['score']!r}")
+            raise EvaluationError(f"{where}: 'score' must be a number, got {show(r['score'])}")
         try:
             hash(r["label"])
         except TypeError:

@@ -231,23 +231,67 @@ def apply_split_file(aset: AnnotationSet, path: PathLike) -> AnnotationSet:
 
 
 # ---------------------------------------------------------------------------------------- helpers
+class DuplicateKeyError(ValueError):
+    """A JSON object names the same key twice (``json`` would keep the last one silently)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"duplicate key {key!r} in a JSON object")
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` of every JSON read: a repeated key is an error, not last-one-wins."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise DuplicateKeyError(k)
+        out[k] = v
+    return out
+
+
+def parse_json(data: str | bytes, path: PathLike, error: type[SpotError] = AnnotationError) -> Any:
+    """Parse JSON text of the file ``path`` strictly: a key repeated in an object, malformed JSON,
+    text that is not UTF-8 or nesting too deep for the parser raise ``error`` (default
+    :class:`AnnotationError`) naming the file (and the repeated key, which for a video-keyed object
+    is the video id)."""
+    try:
+        return json.loads(data, object_pairs_hook=_unique_keys)
+    except DuplicateKeyError as e:
+        raise error(f"{path}: duplicate key {e.key!r} in a JSON object (each key must appear once)") from None
+    except json.JSONDecodeError as e:
+        raise error(
+            f"{path}: not valid JSON (malformed JSON: {e.msg}, line {e.lineno}, column {e.colno})"
+        ) from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not a UTF-8 JSON file (byte {e.start}: {e.reason})") from None
+    except RecursionError:
+        raise error(f"{path}: JSON nested too deeply to read") from None
+
+
+def show(value: Any) -> str:
+    """A value as its JSON spelling in messages (``null``, ``NaN``, ``"x"``), else ``repr``."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
 def _read_json(path: Path) -> Any:
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise AnnotationError(f"{path}: annotation file not found") from None
+    except IsADirectoryError:
+        raise AnnotationError(f"{path}: is a folder, expected an annotation file") from None
     except OSError as e:
-        raise AnnotationError(f"{path}: cannot read: {e}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise AnnotationError(f"{path}: not valid JSON: {e}") from None
+        raise AnnotationError(f"{path}: cannot read ({e.strerror or e})") from None
+    return parse_json(data, path)
 
 
 def _read_csv(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
     """Rows as (line number, dict); checks the header has ``required`` columns."""
     try:
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             header = reader.fieldnames
             if header is None:
@@ -266,44 +310,60 @@ def _read_csv(path: Path, required: Sequence[str]) -> list[tuple[int, dict[str, 
             return rows
     except FileNotFoundError:
         raise AnnotationError(f"{path}: annotation file not found") from None
-    except (csv.Error, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f"{path}: not a UTF-8 text csv (byte {e.start}: {e.reason})") from None
+    except csv.Error as e:
         raise AnnotationError(f"{path}: malformed csv: {e}") from None
 
 
 def _num(value: Any, where: str, what: str, *, integer: bool = False) -> Any:
     """``value`` as a finite float (or int with ``integer=True``); AnnotationError otherwise."""
     if isinstance(value, bool) or value is None:
-        raise AnnotationError(f"{where}: {what} must be a number, got {value!r}")
+        raise AnnotationError(f"{where}: {what} must be a number, got {show(value)}")
     try:
         x = float(value)
-    except (TypeError, ValueError):
-        raise AnnotationError(f"{where}: {what} must be a number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise AnnotationError(f"{where}: {what} must be a number, got {show(value)}") from None
     if not math.isfinite(x):
-        raise AnnotationError(f"{where}: {what} must be finite, got {value!r}")
+        raise AnnotationError(f"{where}: {what} must be finite, got {show(value)}")
     if integer:
         if x != int(x):
-            raise AnnotationError(f"{where}: {what} must be an integer, got {value!r}")
+            raise AnnotationError(f"{where}: {what} must be an integer, got {show(value)}")
         return int(x)
     return x
 
 
 def _segment(seg: Any, where: str) -> tuple[float, float]:
+    """A strict segment: two finite numbers, ``0 <= start <= end``."""
     if not isinstance(seg, (list, tuple)) or len(seg) != 2:
-        raise AnnotationError(f"{where}: 'segment' must be [start, end], got {seg!r}")
+        raise AnnotationError(f"{where}: 'segment' must be [start, end], got {show(seg)}")
     s = _num(seg[0], where, "segment start")
     e = _num(seg[1], where, "segment end")
+    if s < 0:
+        raise AnnotationError(f"{where}: segment start {s} < 0 (segments are seconds from the video's start)")
     if e < s:
-        raise AnnotationError(f"{where}: segment end {e} < start {s}")
+        raise AnnotationError(f"{where}: segment end {e} < start {s} (reversed segment)")
     return s, e
+
+
+def _label(value: Any, where: str) -> str:
+    """A strict label: a non-empty string (or an integer class id), as a string."""
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        raise AnnotationError(f"{where}: 'label' must be a non-empty string, got {show(value)}")
+    return str(value)
 
 
 def read_class_names(path: PathLike) -> list[str]:
     """Class names from a csv with an ``action`` (or ``class``/``name``) column, or one per line."""
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise AnnotationError(f"{path}: class list not found") from None
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f"{path}: not a UTF-8 text file (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise AnnotationError(f"{path}: cannot read ({e.strerror or e})") from None
     lines = [ln.strip() for ln in lines if ln.strip()]
     if lines and lines[0].lower() in ("action", "class", "name", "label"):
         lines = lines[1:]
@@ -315,14 +375,16 @@ def read_class_names(path: PathLike) -> list[str]:
     return lines
 
 
-def _class_list(class_names: ClassNames) -> list[str] | None:
+def _class_list(class_names: ClassNames, where: str = "the given class list") -> list[str] | None:
+    """The class names as strings; ``where`` names their source in the duplicate error."""
     if class_names is None:
         return None
     if isinstance(class_names, (str, Path)):
         return read_class_names(class_names)
     names = [str(c) for c in class_names]
     if len(set(names)) != len(names):
-        raise AnnotationError(f"duplicated class names in the given class list: {names}")
+        dup = sorted(c for c, n in Counter(names).items() if n > 1)
+        raise AnnotationError(f"{where}: duplicated class names {dup[:10]}")
     return names
 
 
@@ -386,7 +448,7 @@ def _parse_database(path: Path, data: Any, *, require_rate: bool = False) -> dic
             if not isinstance(a, dict) or "segment" not in a or "label" not in a:
                 raise AnnotationError(f"{w}: needs 'segment' and 'label'")
             s, e = _segment(a["segment"], w)
-            instances.append(Instance(s, e, str(a["label"])))
+            instances.append(Instance(s, e, _label(a["label"], w)))
         fps = entry.get("fps")
         fps = None if fps is None else _num(fps, where, "fps")
         if fps is not None and fps <= 0:
@@ -486,7 +548,7 @@ def parse_activitynet(
     if classes is None and "classes" in data:
         if not isinstance(data["classes"], list) or not all(isinstance(c, str) for c in data["classes"]):
             raise AnnotationError(f"{path}: 'classes' must be a list of strings")
-        classes = _class_list(data["classes"])
+        classes = _class_list(data["classes"], f"{path}: 'classes'")
     return _finish(path, videos, classes, unknown)
 
 
@@ -515,7 +577,11 @@ def _parse_database_official(path: Path, data: Any, subset: str | None) -> Annot
                 seg = a["segment"]
                 if not (isinstance(seg, list | tuple) and len(seg) == 2 and all(_is_number(x) for x in seg)):
                     raise AnnotationError(
-                        f"{where}, annotation {j}: 'segment' must be two numbers, got {seg!r}"
+                        f"{where}, annotation {j}: 'segment' must be two numbers, got {show(seg)}"
+                    )
+                if not all(math.isfinite(x) for x in seg):  # NaN / Infinity would change the mAP silently
+                    raise AnnotationError(
+                        f"{where}, annotation {j}: 'segment' must be two finite numbers, got {show(seg)}"
                     )
                 try:
                     hash(a["label"])
@@ -574,9 +640,9 @@ def write_activitynet_json(
             entry["labeled"] = False
         db[vid] = entry
     out = {"version": version, "classes": list(aset.classes), **(extra or {}), "database": db}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1) + "\n")
-    return path
+    from spot_core.outputs import write_text_atomic
+
+    return write_text_atomic(path, json.dumps(out, indent=1) + "\n")
 
 
 # ------------------------------------------------------------------------------- SPOT / BSN layout
@@ -658,7 +724,7 @@ def read_spot_bsn(
             if not isinstance(a, dict) or "segment" not in a or "label" not in a:
                 raise AnnotationError(f"{w}: needs 'segment' and 'label'")
             s, e = _segment(a["segment"], w)
-            instances.append(Instance(s, e, str(a["label"])))
+            instances.append(Instance(s, e, _label(a["label"], w)))
         subset = row["subset"]
         if split is not None:
             if vid not in split:
@@ -756,10 +822,14 @@ def load_annotations(
     path = Path(path)
     if path.suffix.lower() == ".csv":
         try:
-            with path.open(newline="") as f:
+            with path.open(newline="", encoding="utf-8") as f:
                 header = f.readline()
         except FileNotFoundError:
             raise AnnotationError(f"{path}: annotation file not found") from None
+        except UnicodeDecodeError as e:
+            raise AnnotationError(f"{path}: not a UTF-8 text csv (byte {e.start}: {e.reason})") from None
+        except OSError as e:
+            raise AnnotationError(f"{path}: cannot read ({e.strerror or e})") from None
         if "featureFrame" in header:
             raise AnnotationError(
                 f"{path}: this is a video-info csv; pass the annotation JSON and video_info={path}"

@@ -8,17 +8,30 @@ A feature file holds one video: ``[N, C]`` (N snippets, C channels), either
 
 :func:`load_features` always returns float32 ``[N, C]`` and raises :class:`FeatureError` naming the
 file for: a missing file, wrong ndim or dtype, zero snippets, a dimension other than the expected C,
-non-numeric or ragged csv rows, NaN/Inf (with the first bad row).
+non-numeric or ragged csv rows, a csv that is not UTF-8 text, NaN/Inf (with the first bad row).
+
+A ``.npy`` file's header is checked before any data is read (:func:`read_npy_header`): the magic
+and version, a plain (non-object, non-structured) dtype, and a shape whose byte count is exactly
+what the file holds after its header. An empty file, a truncated one, or a header claiming a huge
+shape is a :class:`FeatureError` and nothing is allocated for it; nothing is ever unpickled.
+
+Bad files in a folder: a *dataset* (training, evaluation, ``prepare``) is all or nothing: the first
+unusable file stops the run with one error naming it, before any output is written. A folder of
+*streams* to score (:func:`spot_core.data.streams.load_streams`) reports each bad file and goes on
+with the others.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from spot_core.errors import SpotError
 
@@ -64,10 +77,96 @@ def _check(
     return out
 
 
+@dataclass(frozen=True)
+class NpyHeader:
+    """What a ``.npy`` header says (:func:`read_npy_header`)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+    offset: int  # bytes before the data
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+#: the longest ``.npy`` header read (numpy's own limit for untrusted files)
+MAX_NPY_HEADER = 10_000
+
+
+def read_npy_header(path: str | Path) -> NpyHeader:
+    """Read and check a ``.npy`` header without reading the data; :class:`FeatureError` naming
+    the file when it is empty, not a ``.npy`` file (magic, version 1.0 / 2.0, header syntax),
+    holds objects (pickle) or a structured dtype, or when the data the header describes (shape x
+    item size) is not exactly the bytes after the header (truncated file, or a header claiming a
+    huge shape: refused before anything is allocated)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            raise FeatureError(f"{path}: empty file (0 bytes), not a .npy array")
+        with path.open("rb") as f:
+            try:
+                version = npy_format.read_magic(f)
+            except ValueError:
+                raise FeatureError(f"{path}: not a .npy file (no NUMPY magic string)") from None
+            read = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
+            if version not in read:
+                raise FeatureError(f"{path}: unsupported .npy format version {version[0]}.{version[1]}")
+            try:
+                shape, fortran, dtype = read[version](f, max_header_size=MAX_NPY_HEADER)
+            except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError, EOFError) as e:
+                reason = " ".join(str(e).split())[:200]
+                raise FeatureError(f"{path}: corrupt .npy header ({type(e).__name__}: {reason})") from None
+            offset = f.tell()
+    except OSError as e:
+        raise FeatureError(f"{path}: cannot read ({e.strerror or e})") from None
+    if dtype.hasobject:
+        raise FeatureError(f"{path}: .npy array of Python objects (dtype {dtype}); only numbers are read")
+    if dtype.fields is not None or dtype.subdtype is not None:
+        raise FeatureError(f"{path}: structured .npy dtype {dtype}; expected plain numbers")
+    if any(d < 0 for d in shape):
+        raise FeatureError(f"{path}: negative size in the .npy shape {shape}")
+    hdr = NpyHeader(tuple(int(d) for d in shape), dtype, bool(fortran), offset)
+    if hdr.nbytes != size - offset:
+        raise FeatureError(
+            f"{path}: the header says shape {hdr.shape} of {dtype} ({hdr.nbytes} bytes of data) but the "
+            f"file holds {size - offset} bytes after it (truncated or corrupt)"
+        )
+    return hdr
+
+
+def save_npy_atomic(path: str | Path, arr: np.ndarray) -> Path:
+    """``np.save`` through :func:`spot_core.outputs.atomic_write` (no pickle): a crash never leaves
+    a truncated ``.npy`` under the final name."""
+    from spot_core.outputs import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to the temporary name
+            np.save(f, np.asarray(arr), allow_pickle=False)
+
+    return atomic_write(path, write)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """A checked ``.npy`` file read whole (its header first: :func:`read_npy_header`)."""
+    read_npy_header(path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise FeatureError(f"{path}: not a plain numeric .npy file: {e}") from None
+
+
 def _load_csv(path: Path) -> tuple[np.ndarray, int]:
     """The csv's numbers and the file line number of the first data row."""
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as e:
+        raise FeatureError(f"{path}: not a UTF-8 text csv (byte {e.start}: {e.reason})") from None
+    except csv.Error as e:
+        raise FeatureError(f"{path}: malformed csv ({e})") from None
     rows = [r for r in rows if r]  # tolerate a trailing blank line
     if not rows:
         raise FeatureError(f"{path}: empty csv file")
@@ -106,12 +205,7 @@ def load_features(path: str | Path, *, expected_dim: int | None = None) -> np.nd
         raise FeatureError(f"{path}: feature file not found")
     ext = path.suffix.lower().lstrip(".")
     if ext == "npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise FeatureError(f"{path}: not a plain numeric .npy file: {e}") from None
-        except OSError as e:
-            raise FeatureError(f"{path}: unreadable .npy file: {e}") from None
+        arr = _load_npy(path)
     elif ext == "csv":
         arr, first_line = _load_csv(path)
         return _check(arr, path, expected_dim, first_line)

@@ -17,7 +17,6 @@ streams). Raw recordings + annotations -> a dataset folder: ``python -m spot_cor
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .annotations import AnnotationSet, Instance, Video
-from .features import STREAM_STATS, FeatureError, load_features, snippetize_stream
+from .features import STREAM_STATS, FeatureError, load_features, read_npy_header, snippetize_stream
 from .windows import FeatureStats
 
 __all__ = [
@@ -66,17 +65,20 @@ def read_stream(file: str | Path, feat_dim: int | None = None) -> np.ndarray:
     f = Path(file)
     if f.suffix.lower() != ".npy":
         return load_features(f, expected_dim=feat_dim)
+    if not f.is_file():
+        raise FeatureError(f"{f}: feature file not found")
+    hdr = read_npy_header(f)  # checked before mapping: empty, truncated, huge claimed shape
+    shape, dtype = hdr.shape, hdr.dtype
+    if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
+        raise FeatureError(f"{f}: expected a 2-D [snippets >= 1, channels >= 1] array, got shape {shape}")
+    if feat_dim is not None and shape[1] != feat_dim:
+        raise FeatureError(f"{f}: {shape[1]} channels per snippet, the model expects {feat_dim}")
+    if dtype == np.bool_ or not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+        raise FeatureError(f"{f}: expected a real numeric array, got dtype {dtype}")
     try:
-        arr = np.load(f, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as e:
+        return np.load(f, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
         raise FeatureError(f"{f}: not a plain numeric .npy file ({e})") from None
-    if arr.ndim != 2 or arr.shape[0] < 1:
-        raise FeatureError(f"{f}: expected a 2-D [snippets >= 1, channels] array, got shape {arr.shape}")
-    if feat_dim is not None and arr.shape[1] != feat_dim:
-        raise FeatureError(f"{f}: {arr.shape[1]} channels per snippet, the model expects {feat_dim}")
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise FeatureError(f"{f}: expected a real numeric array, got dtype {arr.dtype}")
-    return arr
 
 
 def load_streams(
@@ -86,8 +88,10 @@ def load_streams(
     and ``{stream id: file}``.
 
     A folder contributes its ``.npy`` and ``.csv`` files in name order (none is an error); each is
-    read by :func:`read_stream`. A file that fails, or a second file for the same stream id, is
-    reported in the errors and the other streams go on.
+    read by :func:`read_stream`. A file that fails (empty, truncated, a hostile ``.npy`` header,
+    wrong width, NaN...), or a second file for the same stream id, is reported in the errors and
+    the other streams go on: a folder of streams to *score* is not all or nothing (a *dataset*
+    folder is: :mod:`spot_core.data.features`).
     """
     path = Path(path)
     if path.is_dir():
@@ -273,6 +277,9 @@ class StreamFeaturizer:
         try:
             mean = None if d["mean"] is None else np.asarray(d["mean"], dtype=np.float32)
             std = None if d["std"] is None else np.asarray(d["std"], dtype=np.float32)
+            for name, v in (("mean", mean), ("std", std)):
+                if v is not None and (v.ndim != 1 or not np.isfinite(v).all()):
+                    raise ValueError(f"{name!r} must be a list of finite numbers")
             return StreamFeaturizer(
                 int(d["samples_per_snippet"]), tuple(d["stats"]), d["sample_rate"], d["channels"], mean, std
             )
@@ -280,21 +287,23 @@ class StreamFeaturizer:
             raise FeatureError(f"{where}: invalid stream featuriser ({e})") from None
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        return path
+        """Write the featuriser as JSON (atomically)."""
+        from ..outputs import write_json_atomic
+
+        return write_json_atomic(path, self.to_dict(), indent=1)
 
     @staticmethod
     def load(path: str | Path) -> StreamFeaturizer:
+        from .annotations import parse_json
+
         path = Path(path)
         try:
-            d = json.loads(path.read_text())
+            data = path.read_bytes()
         except FileNotFoundError:
             raise FeatureError(f"{path}: stream featuriser file not found") from None
-        except (OSError, json.JSONDecodeError) as e:
-            raise FeatureError(f"{path}: unreadable stream featuriser ({e})") from None
-        return StreamFeaturizer.from_dict(d, str(path))
+        except OSError as e:
+            raise FeatureError(f"{path}: unreadable stream featuriser ({e.strerror or e})") from None
+        return StreamFeaturizer.from_dict(parse_json(data, path, FeatureError), str(path))
 
     @staticmethod
     def for_model(model_file: str | Path) -> StreamFeaturizer:
