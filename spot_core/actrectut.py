@@ -41,9 +41,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import SpotConfig
+from .cli import reports_errors
+from .config import ConfigError, SpotConfig
 from .data import streams as streams_lib
-from .data.annotations import AnnotationSet, Video, read_actrectut_json
+from .data.annotations import AnnotationError, AnnotationSet, Video, read_actrectut_json
 from .data.features import snippetize_stream
 from .data.streams import draw_labeled, read_stream
 from .data.streams import join_runs as _runs
@@ -267,6 +268,11 @@ def trained_direction(
         raise ValueError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
     classes, streams = load_subjects(data_dir)
     tr, te = DIRECTIONS[direction]
+    missing = [s for s in (tr, te) if s not in streams]
+    if missing:
+        raise AnnotationError(
+            f"{Path(data_dir) / 'gesture.json'}: no stream {missing[0]!r} (direction {direction})"
+        )
     v = VARIANTS[variant]
     cfg = variant_config(cfg, variant, seed)
     if context:
@@ -337,11 +343,15 @@ def run_direction(
     return out
 
 
+@reports_errors
 def main(argv: list[str] | None = None) -> int:
-    """``python -m spot_core.actrectut --data DIR [--direction 1->2] [--variant sup100] [--seed 0]``."""
+    """``python -m spot_core.actrectut --data DIR [--direction 1->2] [--variant sup100] [--seed 0]``.
+
+    ``--out`` keeps the run's checkpoints (a folder that holds a run is refused unless
+    ``--overwrite``). Bad input is one ``error:`` line (exit status 2); Ctrl-C exits 130."""
     import argparse
 
-    from .cli import add_config_args, config_from_args, setup_logging
+    from .cli import add_config_args, add_debug_arg, config_from_args, setup_logging
 
     p = argparse.ArgumentParser(prog="python -m spot_core.actrectut", description=main.__doc__)
     add_config_args(p, default_preset="actrectut")
@@ -350,11 +360,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", default="sup100", choices=sorted(VARIANTS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-stride", type=int, default=None)
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="folder for the run's checkpoints (default: a temporary one)")
+    p.add_argument("--overwrite", action="store_true", help="replace the training run OUT holds")
+    add_debug_arg(p)
     args = p.parse_args(argv)
     setup_logging()
+    cfg = config_from_args(args)  # a bad --preset / --set fails before the data is read
+    if args.train_stride is not None and args.train_stride < 1:
+        raise ConfigError(f"--train-stride must be >= 1, got {args.train_stride}")
+    if args.out is not None:
+        from .train import check_run_folder
+
+        check_run_folder(args.out, resume=False, overwrite=args.overwrite)
     r = run_direction(
-        args.data, args.direction, args.variant, args.seed, cfg=config_from_args(args), out_dir=args.out,
+        args.data, args.direction, args.variant, args.seed, cfg=cfg, out_dir=args.out,
         progress=False, train_stride=args.train_stride,
     )  # fmt: skip
     print(json.dumps(r))

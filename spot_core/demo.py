@@ -3,18 +3,21 @@
 Generates the synthetic data set, trains SPOT (toy preset), evaluates it on the validation videos,
 fits the per-snippet linear baseline on the same labels, writes the detections JSON and a timeline
 PNG, and prints a results table.
+
+``--out`` is the demo's own folder: a second demo run into it replaces the earlier demo's files
+(each written atomically). A bad ``--preset``, ``--set`` or ``--out`` (a file, an unwritable place)
+is one ``error:`` line before anything is generated.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from .cli import add_config_args, config_from_args, report_error, setup_logging
-from .errors import SpotError
+from .cli import add_config_args, add_debug_arg, config_from_args, reports_errors, setup_logging
+from .outputs import check_output, write_json_atomic
 
 
 def run_demo(
@@ -54,12 +57,12 @@ def run_demo(
     tious = PROTOCOLS[cfg.data.protocol]
 
     preds = predict_windows(model, val_windows, cfg, durations=durations)
-    (out / "detections.json").write_text(json.dumps(preds))
+    write_json_atomic(out / "detections.json", preds)
     spot = evaluate_detection(val_set, preds["results"], tious, subset=None)
 
     lin = fit_linear(train_windows, cfg.model.num_classes, seed=seed)
     base_preds = predict_linear(lin, val_windows, cfg, durations)
-    (out / "baseline_detections.json").write_text(json.dumps(base_preds))
+    write_json_atomic(out / "baseline_detections.json", base_preds)
     base = evaluate_detection(val_set, base_preds["results"], tious, subset=None)
 
     vids = sorted(val_set.videos)[:4]
@@ -81,7 +84,7 @@ def run_demo(
             "total": round(time.perf_counter() - t0, 1),
         },
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "summary.json", summary, indent=2)
     return summary
 
 
@@ -103,6 +106,7 @@ def format_table(summary: dict) -> str:
     return "\n".join(rows)
 
 
+@reports_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m spot_core.demo",
@@ -113,13 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--seed", type=int, default=0, help="synthetic data seed")
     p.add_argument("--no-progress", action="store_true")
+    add_debug_arg(p)
     args = p.parse_args(argv)
     setup_logging()
     out = Path(args.out)
-    try:
-        summary = run_demo(out, config_from_args(args), seed=args.seed, progress=not args.no_progress)
-    except SpotError as e:
-        return report_error(e)
+    cfg = config_from_args(args)  # a bad --preset / --config / --set fails here, before any work
+    check_output(out, what="--out", folder=True)
+    for sub in ("data", "run"):
+        check_output(out / sub, what="--out", folder=True)
+    summary = run_demo(out, cfg, seed=args.seed, progress=not args.no_progress)
     print()
     print(format_table(summary))
     print(

@@ -20,15 +20,13 @@ import json
 import sys
 from collections.abc import Sequence
 
-from spot_core.cli import report_error, setup_logging
+from spot_core.cli import add_debug_arg, reports_errors, setup_logging
 from spot_core.evaluation import (
     PROTOCOLS,
     evaluate_detection,
     load_ground_truth,
     load_predictions,
 )
-
-from .errors import SpotError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,20 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--video-info", default=None, help="video_info csv giving the subsets of anet_anno_action.json"
     )
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_debug_arg(ap)
     return ap
 
 
+@reports_errors  # bad input: one "error: FILE: problem" line, exit status 2
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(0)
-    try:
-        gt = load_ground_truth(args.gt, video_info=args.video_info, subset=args.subset)
-        preds = load_predictions(args.pred)
-        result = evaluate_detection(
-            gt, preds, PROTOCOLS[args.protocol], subset=args.subset, pred_source=args.pred
-        )
-    except (SpotError, ValueError, OSError) as e:  # the message names the file
-        return report_error(e)
+    gt = load_ground_truth(args.gt, video_info=args.video_info, subset=args.subset)
+    preds = load_predictions(args.pred)
+    result = evaluate_detection(
+        gt, preds, PROTOCOLS[args.protocol], subset=args.subset, pred_source=args.pred
+    )
     if args.json:
         out = result.to_dict()
         out["protocol"] = args.protocol

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .data.annotations import AnnotationSet
+from .outputs import atomic_write
 
 
 def plot_timelines(
@@ -67,7 +68,9 @@ def plot_timelines(
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(classes), 6), fontsize=8, frameon=False)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
+    fmt = out_path.suffix.lstrip(".") or "png"  # from the final name: the temporary file has none
+    try:
+        atomic_write(out_path, lambda tmp: fig.savefig(tmp, dpi=110, format=fmt))
+    finally:
+        plt.close(fig)
     return out_path

@@ -12,6 +12,13 @@ than two pieces (``--piece-sec``, default 60 s), the streams are cut at backgrou
 and ``F`` of the pieces keep their labels (:func:`spot_core.data.datasets.load_piece_windows`).
 ``--set semi.pretrain_epochs=N`` pretrains first (``--no-pretrain`` sets it to 0); ``--no-refine``
 turns off the contrastive boundary refinement.
+
+Outputs: ``--out`` must not hold a training run already (``train_state.pt``, checkpoints,
+``metrics.jsonl``...): pass ``--resume`` to continue it or ``--overwrite`` to replace it (the old
+run's files are removed once the new run's data has loaded). Every file is written atomically, so
+Ctrl-C (exit status 130) or a crash leaves the last complete checkpoint loadable and resumable.
+Bad input (a file, option or config value) is one ``error:`` line naming it, exit status 2, before
+anything is written; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -19,14 +26,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 
 import torch
 
-from .cli import add_config_args, config_from_args, report_error, setup_logging
-from .errors import SpotError
+from .cli import (
+    add_config_args,
+    add_debug_arg,
+    check_device,
+    config_from_args,
+    positive_finite,
+    reports_errors,
+    setup_logging,
+)
+from .outputs import OutputError, check_output
 
 
 def semi_overrides(args: argparse.Namespace) -> list[str]:
@@ -79,12 +93,33 @@ def train_pieces(cfg, data_dir: str | Path, out_dir: str | Path, piece_sec: floa
     return train_on_windows(cfg, windows, val_set, val_windows, out_dir, **kw)
 
 
+def check_run_folder(out: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """Before any work: ``out`` can hold a run (a writable folder, or a path where one can be made),
+    and holds no earlier run unless ``resume`` or ``overwrite``. :class:`OutputError` otherwise."""
+    from .training import RUN_FILES
+
+    check_output(out, what="--out", folder=True)
+    if resume or overwrite:
+        return
+    found = [name for name in RUN_FILES if (Path(out) / name).exists()]
+    if found:
+        raise OutputError(
+            f"--out {out}: holds a training run ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}); "
+            "pass --resume to continue it or --overwrite to replace it"
+        )
+
+
+@reports_errors
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m spot_core.train", description=__doc__)
     add_config_args(p)
     p.add_argument("--data", required=True, help="dataset folder (annotations.json + features/)")
     p.add_argument("--out", required=True, help="output folder for checkpoints and logs")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    again.add_argument(
+        "--overwrite", action="store_true", help="replace the training run OUT holds (default: refuse)"
+    )
     p.add_argument(
         "--device",
         default=None,
@@ -110,8 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--no-refine", action="store_true", help="no contrastive boundary refinement")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
+    add_debug_arg(p)
     args = p.parse_args(argv)
     setup_logging(args.verbose)
+    # every check of the command line before any work (and before torchrun's ranks meet)
+    check_device(args.device)
+    positive_finite(args.piece_sec, "--piece-sec")
+    check_run_folder(args.out, resume=args.resume, overwrite=args.overwrite)
     from .distributed import init_from_env
     from .training import train
 
@@ -121,26 +161,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .data.datasets import sized_from_data
         from .data.streams import FEATURIZER_FILE
+        from .outputs import write_bytes_atomic
 
         cfg = sized_from_data(config_from_args(args), args.data, fixed_keys(args))
         cfg = cfg.override(semi_overrides(args))
         kw = {"resume": args.resume, "progress": not args.no_progress, "device": device}
-        if args.piece_sec <= 0:
-            raise ValueError(f"--piece-sec must be > 0, got {args.piece_sec}")
         if use_pieces(cfg, args.data, args.piece_sec):
             res = train_pieces(cfg, args.data, args.out, args.piece_sec, **kw)
         else:
             res = train(cfg, args.data, args.out, **kw)
         featurizer = Path(args.data) / FEATURIZER_FILE
         if dc.is_main and featurizer.is_file():
-            shutil.copyfile(featurizer, Path(args.out) / FEATURIZER_FILE)
+            write_bytes_atomic(Path(args.out) / FEATURIZER_FILE, featurizer.read_bytes())
         # every rank waits here for the others (rank 0 still validates and writes checkpoints):
         # a rank that tore down its gloo group while a peer was busy aborted once in CI
         dc.barrier()
-    except (SpotError, ValueError, OSError, FloatingPointError) as e:
-        # bad input (the message names the file or key) or a diverged loss: one line, no traceback
-        msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}"
-        return report_error(msg)
     finally:
         if dc.enabled:
             torch.distributed.destroy_process_group()

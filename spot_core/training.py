@@ -62,14 +62,34 @@ from .data.datasets import WindowDataset, load_dataset
 from .data.windows import Window
 from .distributed import DDPModel, DistContext, ddp_model, shard_loader
 from .distributed import context as dist_context
+from .errors import SpotError
 from .evaluation import PROTOCOLS, evaluate_detection
 from .inference import predict_windows
 from .losses import mask_loss, supervised_loss, unlabeled_loss
 from .model import SPOT
+from .outputs import write_json_atomic, write_text_atomic
 from .pretext import clip_order_loss, drop_input, random_foreground, reconstruction_loss, swap_halves
 from .refinement import refinement_loss
 
 log = logging.getLogger(__name__)
+
+
+class DivergedError(SpotError, FloatingPointError):
+    """The training loss became NaN or infinite (the message names the epoch)."""
+
+
+#: the files of a training run in its folder: a fresh run removes those an earlier run left
+#: (``spot_core.train`` refuses such a folder without ``--overwrite``)
+RUN_FILES = (
+    "train_state.pt",
+    "last.safetensors",
+    "best.safetensors",
+    "pretrain.safetensors",
+    "metrics.jsonl",
+    "val_predictions.json",
+    "config.yaml",
+    "stream_features.json",
+)
 
 
 @dataclass
@@ -242,7 +262,7 @@ def _autocast(cfg: SpotConfig, device: torch.device) -> Any:
 def _accumulate(sums: dict[str, float], losses: dict[str, torch.Tensor], where: str) -> None:
     total = float(losses["loss"].detach())
     if not math.isfinite(total):
-        raise FloatingPointError(f"loss became {total} at {where}")
+        raise DivergedError(f"loss became {total} at {where} (lower train.lr, or set train.grad_clip)")
     for k, v in losses.items():
         sums[k] = sums.get(k, 0.0) + float(v.detach())
 
@@ -645,14 +665,18 @@ def build_run(cfg: SpotConfig, out: Path, *, resume: bool, progress: bool, devic
         log.info("resumed from %s at pretrain epoch %d, epoch %d", out, run.start_pre, run.start_epoch)
     if run.main:
         out.mkdir(parents=True, exist_ok=True)
+        if not resume:  # a fresh run: nothing of an earlier run in the folder may pass for its own
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
         cfg.to_yaml(out / "config.yaml")
-        run.metrics_path.write_text("".join(json.dumps(row) + "\n" for row in run.history))
+        write_text_atomic(run.metrics_path, "".join(json.dumps(row) + "\n" for row in run.history))
     return run
 
 
 def record_epoch(run: TrainRun, row: dict) -> None:
     """Append an epoch's row to the history and to ``metrics.jsonl`` (before ``train_state.pt``, so a
-    resume drops it if need be)."""
+    resume drops it if need be). The log is the one output appended rather than replaced: a resume
+    rewrites it (atomically) from the history in the state, so a torn last line never survives."""
     run.history.append(row)
     if run.main:
         with run.metrics_path.open("a") as f:
@@ -850,7 +874,7 @@ def checkpoint_epoch(run: TrainRun, epoch: int, preds: dict | None, res: dict | 
     if res is not None and res["average_mAP"] > run.best_map:
         run.best_map, run.best_epoch = res["average_mAP"], epoch
         save_model(run.out / "best.safetensors", run.final, cfg, epoch=epoch, val_average_mAP=run.best_map)
-        (run.out / "val_predictions.json").write_text(json.dumps(preds))
+        write_json_atomic(run.out / "val_predictions.json", preds)
     last_map = res["average_mAP"] if res is not None else float("nan")
     if run.main:
         save_model(run.out / "last.safetensors", run.final, cfg, epoch=epoch, val_average_mAP=last_map)

@@ -19,6 +19,11 @@ Writes ``DATA/annotations.json`` + ``DATA/features/<stream>.npy`` (the generic d
 ``python -m spot_core.train --data``) and ``DATA/stream_features.json``: the featuriser (samples
 per snippet, statistics, sample rate, and the standardisation fitted on the training streams only)
 that training copies beside the model and inference applies to new raw recordings.
+
+Every recording and the annotations are read and checked before anything is written (a bad file
+stops the run with one ``error:`` line naming it: a dataset is all or nothing); each output file is
+written atomically. An ``--out`` that already holds a dataset is refused unless ``--overwrite``
+(which also removes the feature files of streams the new dataset does not have).
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..cli import report_error, setup_logging
+from ..cli import add_debug_arg, positive_finite, reports_errors, setup_logging
 from ..errors import SpotError
+from ..outputs import OutputError, check_output
 from .annotations import (
     AnnotationError,
     AnnotationSet,
@@ -44,7 +50,7 @@ from .annotations import (
     write_activitynet_json,
 )
 from .datasets import ANNOTATIONS_FILE, FEATURES_DIR
-from .features import FeatureError
+from .features import FeatureError, save_npy_atomic
 from .streams import DEFAULT_STATS, FEATURIZER_FILE, STREAM_SUFFIXES, StreamFeaturizer, read_stream
 
 log = logging.getLogger(__name__)
@@ -63,10 +69,14 @@ def read_segments_csv(path: str | Path) -> dict[str, list[Instance]]:
     video, in file order. Errors name the file and line."""
     path = Path(path)
     try:
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
     except OSError as e:
         raise AnnotationError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f"{path}: not a UTF-8 text csv (byte {e.start}: {e.reason})") from None
+    except csv.Error as e:
+        raise AnnotationError(f"{path}: malformed csv ({e})") from None
     rows = [r for r in rows if any(c.strip() for c in r)]
     if not rows:
         raise AnnotationError(f"{path}: empty annotation csv")
@@ -157,7 +167,6 @@ def prepare_dataset(
     subsets = _subsets(files, given, training, validation)
     feat = StreamFeaturizer(samples_per_snippet, tuple(stats), float(sample_rate))
     out = Path(out)
-    (out / FEATURES_DIR).mkdir(parents=True, exist_ok=True)
     raw: dict[str, np.ndarray] = {}
     lengths: dict[str, int] = {}
     channels = None
@@ -175,7 +184,7 @@ def prepare_dataset(
     classes = list(aset.classes) if given else sorted({i.label for v in per_video.values() for i in v})
     videos = {}
     for sid in tqdm(list(files), desc="write", unit="stream", disable=not progress):
-        np.save(out / FEATURES_DIR / f"{sid}.npy", feat.standardise(raw[sid]))
+        save_npy_atomic(out / FEATURES_DIR / f"{sid}.npy", feat.standardise(raw[sid]))
         n = raw[sid].shape[0]
         videos[sid] = Video(
             video_id=sid,
@@ -187,9 +196,23 @@ def prepare_dataset(
             feature_frames=n * samples_per_snippet,
         )
     result = AnnotationSet(videos, classes)
+    for stale in (out / FEATURES_DIR).glob("*"):  # an earlier dataset's streams (--overwrite)
+        if stale.suffix.lower() in STREAM_SUFFIXES and stale.stem not in files:
+            stale.unlink()
     write_activitynet_json(result, out / ANNOTATIONS_FILE, version="spot-tad streams")
     feat.save(out / FEATURIZER_FILE)
     return result
+
+
+def check_dataset_out(out: str | Path, overwrite: bool) -> None:
+    """Before any work: ``out`` can be a dataset folder, and holds none already unless ``overwrite``."""
+    out = Path(out)
+    check_output(out, what="--out", folder=True)
+    held = (out / ANNOTATIONS_FILE).exists() or (
+        (out / FEATURES_DIR).is_dir() and any((out / FEATURES_DIR).iterdir())
+    )
+    if held and not overwrite:
+        raise OutputError(f"--out {out}: holds a dataset already; pass --overwrite to replace it")
 
 
 def _subsets(files: dict[str, Path], given: dict[str, Video], training, validation) -> dict[str, str]:
@@ -218,6 +241,7 @@ def _subsets(files: dict[str, Path], given: dict[str, Video], training, validati
     return {s: v for s, v in subs.items() if v in ("training", "validation")}
 
 
+@reports_errors
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m spot_core.data.prepare", description=__doc__.split("\n")[0])
     p.add_argument(
@@ -232,18 +256,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--training", help="comma-separated training stream ids (default: all not validating)")
     p.add_argument("--validation", help="comma-separated validation stream ids")
+    p.add_argument("--overwrite", action="store_true", help="replace the dataset OUT holds (default: refuse)")
     p.add_argument("--no-progress", action="store_true")
+    add_debug_arg(p)
     args = p.parse_args(argv)
     setup_logging(1)
-    try:
-        aset = prepare_dataset(
-            args.recordings, args.annotations, args.out, sample_rate=args.sample_rate,
-            samples_per_snippet=args.samples_per_snippet, stats=_ids(args.stats),
-            training=_ids(args.training), validation=_ids(args.validation), progress=not args.no_progress,
-        )  # fmt: skip
-    except (SpotError, OSError) as e:
-        msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}"
-        return report_error(msg)
+    positive_finite(args.sample_rate, "--sample-rate")
+    check_dataset_out(args.out, args.overwrite)
+    aset = prepare_dataset(
+        args.recordings, args.annotations, args.out, sample_rate=args.sample_rate,
+        samples_per_snippet=args.samples_per_snippet, stats=_ids(args.stats),
+        training=_ids(args.training), validation=_ids(args.validation), progress=not args.no_progress,
+    )  # fmt: skip
     counts = aset.subset_counts()
     print(
         f"{args.out}: {len(aset)} streams ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}), "

@@ -53,6 +53,7 @@ import numpy as np
 
 from ..config import SpotConfig
 from .annotations import AnnotationSet, Instance, Video, write_activitynet_json
+from .features import save_npy_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -292,7 +293,7 @@ def generate_dataset(
             rng = np.random.default_rng([seed, _SPLIT_CODE[subset], i])
             feats, insts = _video(spec, protos, rng)
             vid = f"{prefix}_{i:04d}"
-            np.save(feat_dir / f"{vid}.npy", feats)
+            save_npy_atomic(feat_dir / f"{vid}.npy", feats)
             rate = spec.snippet_rate
             videos[vid] = Video(
                 video_id=vid,
