@@ -43,6 +43,7 @@ from spot_core.cli import report_error, reports_errors, setup_logging
 from spot_core.config import SpotConfig
 from spot_core.data.annotations import AnnotationSet, read_spot_bsn
 from spot_core.data.windows import Window, build_targets, snippet_span
+from spot_core.outputs import write_text_atomic
 
 log = logging.getLogger("benchmarks.anet_scale")
 
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
               threads=args.threads, seed=args.seed, limit=args.limit)  # fmt: skip
     text = json.dumps(rep, indent=1, default=str)
     if args.json:
-        Path(args.json).write_text(text)
+        write_text_atomic(args.json, text)
     print(text[-3000:])
     return 0
 

@@ -28,6 +28,7 @@ from spot_core.cli import reports_errors, setup_logging
 from spot_core.config import SPOT_ORIGINAL_ACTRECTUT, SpotConfig
 from spot_core.decode import detect
 from spot_core.model import SPOT
+from spot_core.outputs import write_text_atomic
 
 log = logging.getLogger(__name__)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run(rounds=args.rounds)
     out = args.json or RESULTS_DIR / f"backbones_{args.label or f'cpu_{args.threads}t'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1) + "\n")
+    write_text_atomic(out, json.dumps(res, indent=1) + "\n")
     print(table(res))
     print(f"wrote {out}")
     return 0

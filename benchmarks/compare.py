@@ -35,6 +35,7 @@ from benchmarks.common import (
 )
 from benchmarks.original_pipeline import original_detect_video, original_postprocess
 from spot_core.cli import reports_errors, setup_logging
+from spot_core.outputs import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     label = args.label or default_label(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     path = args.out_dir / f"cpu_{label}.json"
-    path.write_text(json.dumps(rep, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(rep, indent=2) + "\n")
     log.info("wrote %s", path)
     return 0
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from spot_core.cli import reports_errors, setup_logging
+from spot_core.outputs import write_text_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results" / "decode_choice.json"
 ORIGINAL_CLASS_THRESHOLDS = "decode.class_thresholds=[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9]"
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows[-1]))
     command = " ".join(["python -m benchmarks.decode_choice", *(["--set", *args.sets] if args.sets else [])])
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"command": command, "runs": rows}, indent=1) + "\n")
+    write_text_atomic(args.json, json.dumps({"command": command, "runs": rows}, indent=1) + "\n")
     return 0
 
 

@@ -55,6 +55,7 @@ from benchmarks.original_pipeline import original_detect_video
 from spot_core.cli import reports_errors, setup_logging
 from spot_core.config import ModelConfig
 from spot_core.inference import predict_windows
+from spot_core.outputs import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -525,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_study(rep))
         args.out_dir.mkdir(parents=True, exist_ok=True)
         path = args.out_dir / "cpu_edge_precision_study.json"
-        path.write_text(json.dumps(rep, indent=2) + "\n")
+        write_text_atomic(path, json.dumps(rep, indent=2) + "\n")
         log.info("wrote %s", path)
         return 0
     threads = [int(t) for t in args.threads.split(",") if t.strip()]
@@ -534,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     label = args.label or default_label(0).removesuffix("_0t")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     path = args.out_dir / f"cpu_edge_{label}.json"
-    path.write_text(json.dumps(rep, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(rep, indent=2) + "\n")
     log.info("wrote %s", path)
     return 0
 

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from spot_core.cli import reports_errors
+from spot_core.outputs import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = (
@@ -111,7 +112,7 @@ class Report:
                 }
         print(f"[{self.elapsed():6.1f} s] {name}: {time.perf_counter() - t0:.1f} s", flush=True)
         self.data["elapsed_s"] = round(self.elapsed(), 1)
-        self.path.write_text(json.dumps(self.data, indent=1, default=str))
+        write_text_atomic(self.path, json.dumps(self.data, indent=1, default=str))
 
 
 # ---------------------------------------------------------------------------------------- sections
@@ -187,7 +188,7 @@ def gpu_tests(dry: bool, timeout_s: float, out: Path) -> dict[str, Any]:
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout_s)
     except subprocess.TimeoutExpired as e:
         return {"command": " ".join(cmd[1:]), "timeout_s": timeout_s, "tail": str(e.stdout)[-3000:]}
-    (out / "gpu_tests.txt").write_text(res.stdout + res.stderr)
+    write_text_atomic(out / "gpu_tests.txt", res.stdout + res.stderr)
     lines = res.stdout.strip().splitlines()
     return {
         "command": "python " + " ".join(cmd[1:]),
@@ -686,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
         rep.section("nms_compiled", lambda: nms_compiled(dev, dry, batches), need_s=40)
     table = summary_table(rep.data)
     rep.data["table"] = table
-    rep.path.write_text(json.dumps(rep.data, indent=1, default=str))
+    write_text_atomic(rep.path, json.dumps(rep.data, indent=1, default=str))
     print(table)
     print(f"report: {rep.path}")
     return 0

@@ -30,6 +30,7 @@ from typing import Any
 
 from spot_core.cli import report_error
 from spot_core.errors import SpotError
+from spot_core.outputs import atomic_write, write_text_atomic
 
 __all__ = ["collect_rows", "format_markdown", "main", "plot_rows"]
 
@@ -196,9 +197,10 @@ def plot_rows(rows: Sequence[dict[str, Any]], out: Path) -> Path:
     ax.legend(handles, devices, fontsize=7, loc="lower right")
     ax.set_title("SPOT detection throughput (features in, detections out)")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    try:  # atomic; the format from the final name (the temporary file has none)
+        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=120, format=out.suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
     return out
 
 
@@ -216,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return report_error(f"{args.results}: no throughput reports found")
     table = format_markdown(rows, skipped)
     if args.md:
-        Path(args.md).write_text(table + "\n")
+        write_text_atomic(args.md, table + "\n")
         print(f"wrote {args.md}")
     else:
         print(table)

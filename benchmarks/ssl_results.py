@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from spot_core.cli import reports_errors, setup_logging
+from spot_core.outputs import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = REPO / "benchmarks" / "results" / "ssl_runs.jsonl"
@@ -341,9 +342,9 @@ def write_tables(path: Path, tables: str) -> None:
     if path.is_file() and BEGIN in (text := path.read_text()) and END in text:
         head, rest = text.split(BEGIN, 1)
         tail = rest.split(END, 1)[1]
-        path.write_text(head + block + tail)
+        write_text_atomic(path, head + block + tail)
     else:
-        path.write_text(block + "\n")
+        write_text_atomic(path, block + "\n")
 
 
 if __name__ == "__main__":

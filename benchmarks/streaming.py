@@ -47,6 +47,7 @@ from runtime.session import CompiledSession, EagerSession, EdgeSession, OnnxSess
 from spot_core.cli import reports_errors
 from spot_core.config import SpotConfig
 from spot_core.model import SPOT
+from spot_core.outputs import write_text_atomic
 
 BACKENDS = tuple(b for b in ALL_BACKENDS if b != "tensorrt")  # what runs without a GPU engine
 
@@ -362,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"package offline path (unpadded batch 64): {100 * r['package_offline_average_mAP']:.4f}")
         if a.json:
             Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(a.json).write_text(json.dumps(r, indent=2))
+            write_text_atomic(a.json, json.dumps(r, indent=2))
         return 0
     if argv[:1] == ["memory"]:
         ap = argparse.ArgumentParser(prog="python -m benchmarks.streaming memory")
@@ -384,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"peak RSS ratio (last / first): {hi / lo:.4f}")
         if a.json:
             Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(a.json).write_text(json.dumps(rows, indent=2))
+            write_text_atomic(a.json, json.dumps(rows, indent=2))
         return 0
     ap = argparse.ArgumentParser(prog="python -m benchmarks.streaming", description=__doc__)
     ap.add_argument("--backends", default=",".join(BACKENDS))
@@ -421,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {"machine": info, "reports": reports}
     out = Path(a.json or f"benchmarks/results/streaming_{torch.device(a.device).type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    write_text_atomic(out, json.dumps(report, indent=2))
     print()
     print(format_table(reports))
     print(f"report: {out}")
