@@ -116,7 +116,7 @@ def read_npy_header(path: str | Path) -> NpyHeader:
                 raise FeatureError(f"{path}: unsupported .npy format version {version[0]}.{version[1]}")
             try:
                 shape, fortran, dtype = read[version](f, max_header_size=MAX_NPY_HEADER)
-            except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError, EOFError) as e:
+            except Exception as e:  # noqa: BLE001 - numpy's header parser raises ValueError, SyntaxError, tokenize.TokenError...
                 reason = " ".join(str(e).split())[:200]
                 raise FeatureError(f"{path}: corrupt .npy header ({type(e).__name__}: {reason})") from None
             offset = f.tell()
