@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from spot_core.config import SpotConfig
+from spot_core.cli import positive_finite
+from spot_core.config import ConfigError, SpotConfig
 from spot_core.data.streams import ChunkError, as_chunk
 from spot_core.data.windows import window_starts
 from spot_core.decode import results_json
@@ -119,7 +120,8 @@ class StreamDetector:
         window: T; must equal the model's window (``cfg.model.num_snippets``). Default: that.
         stride: S in snippets, ``1 <= S <= T``. Default ``cfg.data.stride``.
         snippet_rate: snippets per second, for times in seconds. Default ``cfg.data.snippet_rate``,
-            else 1.0 (times in snippets). :meth:`open` can set it per stream.
+            else 1.0 (times in snippets). :meth:`open` can set it per stream. A rate that is not a
+            finite number > 0 (0, NaN, Inf) is a :class:`spot_core.config.ConfigError`.
         max_delay_s: latency budget: a partial batch runs once its oldest window waited this long.
             0 (the default) runs every complete window within the call that completed it: lowest
             latency, but windows of different pushes never share a batch; ``math.inf`` runs only
@@ -140,14 +142,13 @@ class StreamDetector:
         cfg = session.cfg
         T = cfg.model.num_snippets
         if window is not None and window != T:
-            raise ValueError(f"window {window} != the model's window T = {T} (fixed by the mask head)")
+            raise ConfigError(f"window {window} != the model's window T = {T} (fixed by the mask head)")
         S = cfg.data.stride if stride is None else int(stride)
         window_starts(T, T, S)  # validates 1 <= S <= T
         rate = snippet_rate if snippet_rate is not None else (cfg.data.snippet_rate or 1.0)
-        if rate <= 0:
-            raise ValueError(f"snippet_rate must be > 0, got {rate}")
-        if max_delay_s < 0:
-            raise ValueError(f"max_delay_s must be >= 0, got {max_delay_s}")
+        positive_finite(rate, "snippet_rate")
+        if math.isnan(max_delay_s) or max_delay_s < 0:
+            raise ConfigError(f"max_delay_s must be >= 0 (math.inf: full batches only), got {max_delay_s}")
         self.session = session
         self.cfg: SpotConfig = cfg
         self.window, self.stride, self.snippet_rate = T, S, float(rate)
@@ -171,8 +172,8 @@ class StreamDetector:
         if sid in self._streams:
             raise StreamError(sid, "already open")
         rate = self.snippet_rate if snippet_rate is None else float(snippet_rate)
-        if not rate > 0:
-            raise StreamError(sid, f"snippet_rate must be > 0, got {snippet_rate}")
+        if not (math.isfinite(rate) and rate > 0):
+            raise StreamError(sid, f"snippet_rate must be a finite number > 0, got {snippet_rate}")
         buf = np.zeros((self.window, self.cfg.model.feat_dim), dtype=np.float32)
         self._streams[sid] = _Stream(sid, rate, 1.0 / rate, buf)
         self._closed.pop(sid, None)
@@ -266,7 +267,7 @@ class StreamDetector:
         try:
             self._decode(jobs)
         except Exception as e:  # noqa: BLE001 - isolate the failing stream, keep the others
-            log.warning(
+            log.info(
                 "batch of %d windows failed (%s: %s); retrying one by one", len(jobs), type(e).__name__, e
             )
             for j in jobs:
@@ -276,7 +277,8 @@ class StreamDetector:
                     self._decode([j])
                 except Exception as e1:  # noqa: BLE001
                     j.stream.error = f"window {j.index} failed in the model: {type(e1).__name__}: {e1}"
-                    log.error("stream %r: %s", j.stream.sid, j.stream.error)
+                    # raised to the caller at the stream's next push() / close(): logged at debug only
+                    log.debug("stream %r: %s", j.stream.sid, j.stream.error)
         if self.preview:
             touched = list(dict.fromkeys(j.stream for j in jobs if j.stream.error is None))
             self._outbox.extend(self._preview(touched))
@@ -347,7 +349,8 @@ class StreamDetector:
 
         The result (``final=True``, score descending) equals :func:`runtime.offline.offline_detect`
         on the stream's whole feature sequence. ``duration`` (seconds) clips segments as
-        :func:`spot_core.decode.results_json` does. A stream with no snippet yields ``[]``.
+        :func:`spot_core.decode.results_json` does; it must be a finite number > 0 (else
+        :class:`StreamError`, and the stream stays open). A stream with no snippet yields ``[]``.
         """
         return self.close_json(stream_id, duration=duration)[1]
 
@@ -356,6 +359,8 @@ class StreamDetector:
     ) -> tuple[list[dict], list[Detection]]:
         """:meth:`close`, also returning the ActivityNet result entries of the stream."""
         st = self._get(stream_id)
+        if duration is not None and not (math.isfinite(duration) and duration > 0):
+            raise StreamError(st.sid, f"duration must be a finite number of seconds > 0, got {duration}")
         st.closing = True
         N, T, S = st.received, self.window, self.stride
         if N > 0:

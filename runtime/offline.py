@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from spot_core.cli import positive_finite
 from spot_core.config import SpotConfig
 from spot_core.inference import detect_windows
 
@@ -60,6 +61,9 @@ def offline_detect(
     cfg = session.cfg
     S = cfg.data.stride if stride is None else stride
     rate = snippet_rate if snippet_rate is not None else (cfg.data.snippet_rate or 1.0)
+    positive_finite(rate, "snippet_rate")
+    if duration is not None:
+        positive_finite(duration, "duration")
     windows = offline_windows(cfg, features, stride=S, snippet_rate=rate, video_id=video_id)
     dur = None if duration is None else {video_id: duration}
     return detect_windows(
@@ -80,8 +84,9 @@ def stream_all(
 
     ``chunk``: snippets per push (an int, or a cycle of sizes). Returns the ActivityNet result JSON
     of the final outputs. With ``errors`` (a dict), a stream that raises :class:`StreamError` is
-    aborted, its message stored under its id, and the other streams go on; without it the error
-    propagates. Used by the CLI and by :func:`streamed_vs_offline_map`.
+    aborted, its message stored under its id (logged at info level only: reporting it is the
+    caller's job), and the other streams go on; without it the error propagates. Used by the CLI
+    and by :func:`streamed_vs_offline_map`.
     """
     from tqdm.auto import tqdm
 
@@ -117,7 +122,7 @@ def stream_all(
                     if errors is None:
                         raise
                     errors[sid] = str(e)
-                    log.error("%s", e)
+                    log.info("%s (stream aborted, the others go on)", e)  # the caller reports errors
                     detector.abort(sid)
                     bar.update(f.shape[0] - pos[sid])
             live = nxt
