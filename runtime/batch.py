@@ -10,7 +10,7 @@ How it works:
   number of processes, so a rerun with another N reuses every finished shard;
 * each shard is detected on its own (windows batched within the shard, then
   :func:`spot_core.inference.predict_windows`) and written atomically to
-  ``OUT/shards/shard_XXXXX.json`` (:func:`spot_core.checkpoint.write_bytes_atomic`: temporary file,
+  ``OUT/shards/shard_XXXXX.json`` (:func:`spot_core.outputs.write_bytes_atomic`: temporary file,
   fsync, rename): a killed process leaves either a
   complete shard file or none;
 * every shard file carries a run key (sha256 of the checkpoint, the feature file list and the
@@ -28,6 +28,11 @@ float bits; the run key includes both, so finished shards are never mixed across
 Seconds: with ``--annotations`` the videos' durations come from the file (rescale mode needs them);
 otherwise a video of n snippets lasts ``n / snippet_rate`` seconds (``--snippet-rate``, else the
 config's ``data.snippet_rate``), and without either the run is refused.
+
+Bad input is one line ``error: ...``, exit status 2 (``--debug``: the traceback): a rate that is not
+a finite number > 0, an unknown or absent ``--device``, an ``--out`` that is a file or cannot be
+written (checked before the model loads), an unusable model, feature folder or annotation file.
+Ctrl-C stops with ``interrupted``, exit status 130; finished shards stay and a rerun reuses them.
 """
 
 from __future__ import annotations
@@ -45,15 +50,16 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from spot_core.checkpoint import CheckpointError, load_model, sha256_file, write_bytes_atomic
-from spot_core.cli import report_error, setup_logging
-from spot_core.config import SpotConfig
+from spot_core.checkpoint import CheckpointError, load_model
+from spot_core.cli import add_debug_arg, check_device, positive_finite, reports_errors, setup_logging
+from spot_core.config import ConfigError, SpotConfig
 from spot_core.data.annotations import AnnotationSet, Video
 from spot_core.data.features import FEATURE_EXTS, FeatureError, FeatureStore
 from spot_core.data.windows import make_windows
 from spot_core.decode import RESULTS_VERSION
 from spot_core.errors import SpotError
 from spot_core.inference import predict_windows
+from spot_core.outputs import check_output, sha256_file, write_bytes_atomic
 
 __all__ = ["BatchError", "Shard", "detect_corpus", "main", "plan_shards", "read_shard"]
 
@@ -132,6 +138,8 @@ def _annotations(
             raise BatchError(f"{annotations}: no entry for {len(missing)} feature files, e.g. {missing[:3]}")
         return AnnotationSet({v: given.videos[v] for v in ids}, classes)
     rate = snippet_rate if snippet_rate is not None else cfg.data.snippet_rate
+    if rate is not None:
+        _positive_finite(rate, "--snippet-rate" if snippet_rate is not None else "data.snippet_rate")
     if rate is None:
         raise BatchError(
             "durations unknown: give --annotations (a file with the videos' durations) or --snippet-rate "
@@ -142,6 +150,13 @@ def _annotations(
         n = store.load(v).shape[0]
         videos[v] = Video(video_id=v, duration=n / rate, subset="testing", labeled=False)
     return AnnotationSet(videos, classes)
+
+
+def _positive_finite(value: float, what: str) -> float:
+    try:
+        return positive_finite(value, what)
+    except ConfigError as e:
+        raise BatchError(str(e)) from None
 
 
 def _run_key(model_path: Path, store: FeatureStore, cfg: SpotConfig, shard_size: int, batch_size: int) -> str:
@@ -193,7 +208,18 @@ def detect_corpus(
     """Detect every video of ``features`` into ``out``; rank 0 returns the merged JSON path (others None).
 
     Reads ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` as torchrun sets them (one process otherwise).
+    Options and ``out`` are checked before the model loads (:class:`BatchError` naming them).
     """
+    if snippet_rate is not None:
+        _positive_finite(snippet_rate, "--snippet-rate")
+    for opt, value in (("--shard-size", shard_size), ("--batch-size", batch_size)):
+        if value < 1:
+            raise BatchError(f"{opt} must be >= 1, got {value}")
+    try:
+        check_output(out, folder=True)
+        check_device(device)
+    except (ConfigError, ValueError) as e:
+        raise BatchError(str(e)) from None
     rank, world, local = _dist()
     model_path = Path(model_path)
     try:
@@ -280,10 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=64, help="windows per forward (default 64)")
     ap.add_argument("--device", help="torch device (default: cuda:LOCAL_RANK when present, else cpu)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_debug_arg(ap)
     return ap
 
 
+@reports_errors
 def main(argv: Sequence[str] | None = None) -> int:
+    """Detect the corpus; prints the merged file. Bad input: one line ``error: ...``, status 2."""
     args = build_parser().parse_args(argv)
     setup_logging(1)
     try:
@@ -292,8 +321,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             snippet_rate=args.snippet_rate, shard_size=args.shard_size, batch_size=args.batch_size,
             device=args.device, progress=not args.no_progress,
         )  # fmt: skip
-    except SpotError as e:
-        return report_error(e)
     finally:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

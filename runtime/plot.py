@@ -23,6 +23,25 @@ def _lanes(dets: Sequence[Mapping], gap: float = 0.0) -> list[int]:
     return lanes
 
 
+def plot_format(path: str | Path, *, what: str = "--plot") -> str:
+    """The image format of ``path`` from its suffix (``png`` when it has none); an
+    :class:`spot_core.outputs.OutputError` naming ``what`` when matplotlib cannot write it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from spot_core.outputs import OutputError
+
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    known = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in known:
+        raise OutputError(
+            f"{what} {path}: unknown image format {fmt!r} (use one of {', '.join(sorted(known))})"
+        )
+    return fmt
+
+
 def plot_stream_timeline(
     results: Mapping[str, Sequence[Mapping]],
     out_path: str | Path,
@@ -37,8 +56,38 @@ def plot_stream_timeline(
     """Draw the best ``max_dets`` detections (score >= ``min_score``) of up to ``max_streams`` streams.
 
     ``results``: the ``"results"`` mapping of an ActivityNet result JSON. Colour = class, opacity =
-    score (written at the right end of each bar). Returns the written path (PNG).
+    score (written at the right end of each bar). Returns the written path (PNG, or the format of
+    its suffix), written atomically (:func:`spot_core.outputs.write_bytes_atomic`).
     """
+    from spot_core.outputs import write_bytes_atomic
+
+    data = render_stream_timeline(
+        results,
+        plot_format(out_path, what="plot"),
+        class_names=class_names,
+        durations=durations,
+        min_score=min_score,
+        max_dets=max_dets,
+        max_streams=max_streams,
+        title=title,
+    )
+    return write_bytes_atomic(out_path, data)
+
+
+def render_stream_timeline(
+    results: Mapping[str, Sequence[Mapping]],
+    fmt: str = "png",
+    *,
+    class_names: Sequence[str],
+    durations: Mapping[str, float] | None = None,
+    min_score: float = 0.05,
+    max_dets: int = 40,
+    max_streams: int = 8,
+    title: str | None = None,
+) -> bytes:
+    """The image bytes (format ``fmt``) of :func:`plot_stream_timeline`'s figure, nothing written."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,8 +137,9 @@ def plot_stream_timeline(
         ha="left",
     )
     fig.tight_layout(rect=(0, 0, 1, 0.94))
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format=fmt, dpi=110)
+    finally:
+        plt.close(fig)
+    return buf.getvalue()

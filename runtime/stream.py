@@ -16,10 +16,15 @@ are pushed round robin in chunks of ``--chunk`` snippets through one
 as live streams would. Output: the ActivityNet result
 JSON (``--out``) and a timeline plot (``--plot``).
 
-Bad input prints ``error: <file>: <problem>``: a model file that does not load or match exits
-with status 2 at once; a feature file that is unreadable or malformed (wrong C, NaN/Inf, named
-with the snippet offset) is reported, the other streams go on, their results are written, and the
-exit status is 2.
+Bad input prints one line ``error: <file>: <problem>`` (exit status 2; ``--debug`` shows the
+traceback): a bad option (a rate that is not a finite number > 0, an unknown or absent
+``--device``), an output path that cannot be written (checked before any work) or a model file
+that does not load, match or verify against its recorded digest stops the run at once. A feature
+file that is unreadable or malformed (wrong C, NaN/Inf, named with the snippet offset) is reported
+once, the other streams go on, their results are written, and the exit status is 2; when no
+stream succeeds nothing is written. Outputs are written atomically once the streaming is done, so
+a failed or interrupted run (Ctrl-C: ``interrupted``, exit status 130) leaves earlier ``--out`` /
+``--plot`` files as they were, and a symlink at an output path is replaced, never written through.
 
 The library API (``StreamDetector``, ``open_session``, ``offline_detect``) lives in
 :mod:`runtime.detector` and :mod:`runtime.session` and is re-exported here.
@@ -28,17 +33,24 @@ The library API (``StreamDetector``, ``open_session``, ``offline_detect``) lives
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from spot_core.cli import report_error, setup_logging
+from spot_core.cli import (
+    add_debug_arg,
+    check_device,
+    positive_finite,
+    report_error,
+    reports_errors,
+    setup_logging,
+)
+from spot_core.config import ConfigError
 from spot_core.data.features import FeatureError
 from spot_core.data.streams import StreamFeaturizer, load_streams
-from spot_core.errors import SpotError
+from spot_core.outputs import check_output, write_bytes_atomic, write_json_atomic
 
 from .detector import Detection, StreamDetector, StreamError
 from .offline import offline_detect, stream_all, streamed_vs_offline_map
@@ -79,7 +91,17 @@ def run_files(
 
     ``raw``: the files are raw recordings ``[samples, channels]``; they become snippet features
     through the featuriser stored beside the model (``stream_features.json``: the samples per
-    snippet, statistics and training standardisation of ``python -m spot_core.data.prepare``)."""
+    snippet, statistics and training standardisation of ``python -m spot_core.data.prepare``).
+
+    ``out`` / ``plot`` are checked before the work (:func:`spot_core.outputs.check_output`) and
+    written atomically after it, only when at least one stream succeeded."""
+    check_output(out)
+    check_output(plot, what="--plot")
+    if plot is not None:
+        from .plot import plot_format
+
+        plot_format(plot)
+    positive_finite(snippet_rate, "--snippet-rate")
     session = open_session(
         model, backend=backend, cfg=cfg, device=device, batch_size=batch_size, provider=provider
     )
@@ -110,15 +132,21 @@ def run_files(
     results = stream_all(det, streams, chunk, progress=progress, errors=stream_errors)
     for sid, msg in stream_errors.items():
         errors[str(sources[sid])] = msg
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(results))
-    if plot is not None:
-        from .plot import plot_stream_timeline
+    if not results["results"]:  # every stream failed: keep whatever the outputs held before
+        return results, errors
+    image = None
+    if plot is not None:  # rendered before anything is written: a failure here writes nothing
+        from .plot import plot_format, render_stream_timeline
 
         rate = det.snippet_rate
         durations = {sid: f.shape[0] / rate for sid, f in streams.items()}
-        plot_stream_timeline(results["results"], plot, class_names=cfg.names(), durations=durations)
+        image = render_stream_timeline(
+            results["results"], plot_format(plot), class_names=cfg.names(), durations=durations
+        )
+    if out is not None:
+        write_json_atomic(out, results)
+    if plot is not None and image is not None:
+        write_bytes_atomic(plot, image)
     return results, errors
 
 
@@ -158,50 +186,57 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--snippet-rate", type=float, help="snippets per second (default: config, else 1)")
     ap.add_argument("--no-progress", action="store_true")
     add_config_args(ap, default_preset=None)
+    add_debug_arg(ap)
     return ap
 
 
+@reports_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """Run :func:`run_files`; prints a summary line per stream. Bad input: ``error: ...``, status 2."""
     args = build_parser().parse_args(argv)
     setup_logging(0)
-    try:
-        if args.chunk < 1 or args.batch_size < 1:
-            raise ValueError("--chunk and --batch-size must be >= 1")
-        cfg = None
-        if args.config or args.preset:
-            from spot_core.cli import config_from_args
+    for opt, value in (("--chunk", args.chunk), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise ConfigError(f"{opt} must be >= 1, got {value}")
+    if args.stride is not None and args.stride < 1:
+        raise ConfigError(f"--stride must be >= 1, got {args.stride}")
+    positive_finite(args.snippet_rate, "--snippet-rate")
+    check_device(args.device)
+    check_output(args.out)
+    check_output(args.plot, what="--plot")
+    cfg = None
+    if args.config or args.preset:
+        from spot_core.cli import config_from_args
 
-            cfg = config_from_args(args)
-        elif args.overrides:
-            from runtime.session import model_config
+        cfg = config_from_args(args)
+    elif args.overrides:
+        from runtime.session import model_config
 
-            cfg = model_config(args.model).override(args.overrides)
-        results, errors = run_files(
-            args.model,
-            args.features,
-            chunk=args.chunk,
-            out=args.out,
-            plot=args.plot,
-            backend=args.backend,
-            device=args.device,
-            provider=args.provider,
-            batch_size=args.batch_size,
-            stride=args.stride,
-            snippet_rate=args.snippet_rate,
-            cfg=cfg,
-            progress=not args.no_progress,
-            raw=args.raw,
-        )
-    except (SpotError, ValueError, OSError) as e:
-        return report_error(e)
+        cfg = model_config(args.model).override(args.overrides)
+    results, errors = run_files(
+        args.model,
+        args.features,
+        chunk=args.chunk,
+        out=args.out,
+        plot=args.plot,
+        backend=args.backend,
+        device=args.device,
+        provider=args.provider,
+        batch_size=args.batch_size,
+        stride=args.stride,
+        snippet_rate=args.snippet_rate,
+        cfg=cfg,
+        progress=not args.no_progress,
+        raw=args.raw,
+    )
     for sid, dets in results["results"].items():
         best = max((d["score"] for d in dets), default=0.0)
         print(f"{sid}: {len(dets)} detections (best score {best:.3f})")
-    if args.out:
-        print(f"detections: {args.out}")
-    if args.plot:
-        print(f"timeline: {args.plot}")
+    if results["results"]:
+        if args.out:
+            print(f"detections: {args.out}")
+        if args.plot:
+            print(f"timeline: {args.plot}")
     for where, msg in errors.items():
         report_error(msg if msg.lstrip().startswith(where) else f"{where}: {msg}")
     return 2 if errors else 0
