@@ -153,8 +153,11 @@ def ort_runner(path: Path, cfg: SpotConfig, provider: str, *, threads: int = 0) 
 
 
 def trt_runner(engine: Path, side: dict[str, Any]) -> tuple[Runner, int]:
-    """A TensorRT execution context on the GPU; ``(runner, max batch of the engine's profile)``."""
-    from runtime.engine import TrtUnavailableError, load_backend
+    """A TensorRT execution context on the GPU; ``(runner, max batch of the engine's profile)``.
+
+    The bytes deserialized are the ones checked against the sidecar's size and sha256
+    (:func:`runtime.engine.check_engine_digest`)."""
+    from runtime.engine import TrtUnavailableError, check_engine_digest, load_backend
 
     if not torch.cuda.is_available():
         raise BackendUnavailable("no CUDA GPU visible to torch: a TensorRT engine can only run on a GPU")
@@ -165,7 +168,9 @@ def trt_runner(engine: Path, side: dict[str, Any]) -> tuple[Runner, int]:
     trt = be.module
     logger = trt.Logger(trt.Logger.WARNING)
     runtime = trt.Runtime(logger)
-    eng = runtime.deserialize_cuda_engine(engine.read_bytes())
+    data = engine.read_bytes()
+    check_engine_digest(engine, side, data)
+    eng = runtime.deserialize_cuda_engine(data)
     if eng is None:
         raise RuntimeError(f"{engine}: {be.name} {be.version} cannot deserialize the engine")
     ctx = eng.create_execution_context()

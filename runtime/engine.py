@@ -5,6 +5,7 @@ metadata sidecar.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Any
 
 from runtime.onnx_model import OnnxModelError
 from spot_core.errors import SpotError
+from spot_core.outputs import DigestError, verify_digest
 
 __all__ = [
     "INSTALL_HINT",
@@ -21,6 +23,7 @@ __all__ = [
     "TrtBuildError",
     "TrtModule",
     "TrtUnavailableError",
+    "check_engine_digest",
     "load_backend",
     "read_engine_metadata",
     "sidecar_path",
@@ -73,8 +76,14 @@ def sidecar_path(engine: str | Path) -> Path:
     return engine.with_name(engine.name + ".json")
 
 
-def read_engine_metadata(engine: str | Path) -> dict[str, Any]:
-    """The sidecar of ``engine``; :class:`OnnxModelError` when missing, unreadable or of another format."""
+def read_engine_metadata(engine: str | Path, *, verify: bool = True) -> dict[str, Any]:
+    """The sidecar of ``engine``; :class:`OnnxModelError` when missing, unreadable or of another format.
+
+    With ``verify`` (the default) the engine is checked against the size and sha256 the sidecar
+    records (:func:`check_engine_digest`) before anything uses it: a truncated or modified engine is
+    a :class:`spot_core.outputs.DigestError` naming it. A sidecar that records neither (written by
+    other tools) lets the engine load unverified.
+    """
     engine = Path(engine)
     if not engine.is_file():
         raise OnnxModelError(f"{engine}: engine file not found")
@@ -85,4 +94,23 @@ def read_engine_metadata(engine: str | Path) -> dict[str, Any]:
         raise OnnxModelError(f"{side}: missing or unreadable engine sidecar ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
         raise OnnxModelError(f"{side}: not a SPOT engine sidecar (expected format {SIDECAR_FORMAT!r})")
+    if verify:
+        check_engine_digest(engine, meta)
     return meta
+
+
+def check_engine_digest(engine: str | Path, side: dict[str, Any], data: bytes | None = None) -> bool:
+    """Check ``engine`` (or its bytes ``data``, as read for deserializing) against the sidecar's
+    ``engine_bytes`` and ``engine_sha256``: True when they match, False when the sidecar records
+    neither, :class:`spot_core.outputs.DigestError` naming the engine otherwise."""
+    engine = Path(engine)
+    size, sha = side.get("engine_bytes"), side.get("engine_sha256")
+    if size is None and sha is None:
+        return False
+    if data is None:
+        return verify_digest(engine, sha, size=size)
+    if size is not None and len(data) != size:
+        raise DigestError(f"{engine}: {len(data)} bytes, the recorded size is {size} (truncated or replaced)")
+    if sha is not None and hashlib.sha256(data).hexdigest() != str(sha).lower():
+        raise DigestError(f"{engine}: sha256 does not match the recorded digest (file modified or corrupt)")
+    return True

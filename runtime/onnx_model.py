@@ -15,12 +15,14 @@ from spot_core import __version__
 from spot_core.config import ConfigError, SpotConfig
 from spot_core.decode import num_proposals
 from spot_core.errors import SpotError
+from spot_core.outputs import DigestError, digest_path, verify_digest
 
 __all__ = [
     "FORMAT",
     "GRAPH_DECODE_FIELDS",
     "OnnxModelError",
     "OnnxRunner",
+    "check_onnx_digest",
     "check_onnx_metadata",
     "load_onnx",
     "read_onnx_metadata",
@@ -44,13 +46,32 @@ class OnnxModelError(SpotError, ValueError):
 
 
 # ------------------------------------------------------------------------------------------- read
+def check_onnx_digest(path: str | Path) -> bool:
+    """Check ``path`` against the digest file :mod:`export.onnx` wrote beside it (``<file>.sha256``).
+
+    True when it matches; False when no digest is recorded (files written before digests existed,
+    or by other tools: they load unverified); :class:`spot_core.outputs.DigestError` naming the file
+    when it does not match (truncated, bit-flipped, or replaced without its digest).
+    """
+    path = Path(path)
+    try:
+        return verify_digest(path)
+    except DigestError as e:
+        raise DigestError(
+            f"{e}; re-export it, or delete {digest_path(path).name} if the change was intended"
+        ) from None
+
+
 def load_onnx(path: str | Path) -> Any:
-    """``onnx.ModelProto`` of ``path``, structurally checked; a clear :class:`OnnxModelError` otherwise."""
+    """``onnx.ModelProto`` of ``path``, checked against its recorded digest (:func:`check_onnx_digest`;
+    a file without one loads unverified) and structurally; a clear :class:`OnnxModelError` (or
+    :class:`spot_core.outputs.DigestError`) otherwise."""
     import onnx
 
     path = Path(path)
     if not path.is_file():
         raise OnnxModelError(f"{path}: ONNX file not found")
+    check_onnx_digest(path)
     try:
         proto = onnx.load_model(str(path))
         onnx.checker.check_model(proto)

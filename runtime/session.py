@@ -234,6 +234,17 @@ class Session:
 
 
 # ------------------------------------------------------------------------------------------ eager
+def _check_device(device: str | torch.device) -> None:
+    """A device torch knows and this machine has (:func:`spot_core.cli.check_device`), else
+    :class:`SessionError` naming it."""
+    from spot_core.cli import check_device
+
+    try:
+        check_device(str(device), what="device")
+    except SpotError as e:
+        raise SessionError(str(e)) from None
+
+
 class EagerSession(Session):
     """The reference: :class:`SPOT` (a copy, eval mode, float32) on ``device``."""
 
@@ -248,6 +259,7 @@ class EagerSession(Session):
         batch_size: int = 64,
         pad: bool = True,
     ) -> None:
+        _check_device(device)
         super().__init__(cfg, device=device, batch_size=batch_size, pad=pad)
         try:
             self.net = self._build(model, cfg)
@@ -280,6 +292,7 @@ class CompiledSession(Session):
         pad: bool = True,
         mode: str = "default",
     ) -> None:
+        _check_device(device)
         super().__init__(cfg, device=device, batch_size=batch_size, pad=pad)
         from runtime.compiled import CompileError
 
@@ -439,6 +452,7 @@ def model_config(path: str | Path) -> SpotConfig:
 
     from spot_core.checkpoint import CheckpointError, checkpoint_config
     from spot_core.config import ConfigError
+    from spot_core.outputs import sha256_file
 
     path = Path(path)
     suffix = path.suffix.lower()
@@ -469,6 +483,11 @@ def model_config(path: str | Path) -> SpotConfig:
                     f"{path}: the engine sidecar holds no config and its ONNX ({onnx_file.name}) is not "
                     "beside it; give --config or --preset"
                 )
+            if side.get("onnx_sha256") and sha256_file(onnx_file) != side["onnx_sha256"]:
+                raise SessionError(
+                    f"{path}: {onnx_file.name} beside it is not the ONNX the engine was built from "
+                    "(sha256 differs from the sidecar's); give --config or --preset"
+                )
             return model_config(onnx_file)
     except CheckpointError as e:
         raise SessionError(str(e)) from None
@@ -497,10 +516,17 @@ def open_session(
     ``onnxruntime`` (provider ``provider``, default from ``device``: ``cpu`` or ``cuda``),
     ``.plan``/``.engine`` -> ``tensorrt``. ``cfg`` defaults to the config stored with the model;
     when given, the model is checked against it and a mismatch raises :class:`SessionError`.
+
+    Before anything runs, an ONNX file is checked against its digest file (``model.onnx.sha256``,
+    written by :mod:`export.onnx`) and an engine against the size and sha256 its sidecar records;
+    a mismatch is a :class:`spot_core.outputs.DigestError` naming the file. Files without a recorded
+    digest load unverified. An unknown ``device``, or CUDA on a machine without it, is a
+    :class:`SessionError`.
     """
     path = Path(path)
     if not path.is_file():
         raise SessionError(f"{path}: model file not found")
+    _check_device(device)
     suffix = path.suffix.lower()
     if backend not in ("auto", *BACKENDS):
         raise SessionError(f"unknown backend {backend!r}; choose auto or one of {', '.join(BACKENDS)}")
