@@ -11,6 +11,11 @@ Two graphs (:mod:`spot_core.graph`), one input ``features [B, C, T]`` with a dyn
   ``labels [B, M]`` int64 and ``valid [B, M]`` bool, the fixed-size candidate proposals of
   :func:`spot_core.decode.decode_windows`, so an engine does everything but dedup + Soft-NMS.
 
+Output: ``--out`` and its digest file ``<out>.sha256`` (``sha256sum`` format), written atomically
+once the export succeeded; every reader (the runtime's sessions, export.verify, export.trt,
+export.quantize, export.serving) checks the digest before use. An existing ``--out`` is refused
+unless ``--overwrite``; bad input is one line ``error: ...``, exit status 2 (``--debug``: traceback).
+
 Precision: fp32 by default. ``--fp16`` casts the model to half before export: the input and the
 heads outputs are float16 (feed half-precision features); the decode still runs in float32, so the
 with-decode outputs keep the types above. Nothing else (bf16 ONNX, static batch) is offered.
@@ -29,9 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,12 +47,13 @@ from runtime.onnx_model import (
 )
 from spot_core import __version__
 from spot_core.checkpoint import load_model
-from spot_core.cli import report_error, setup_logging
+from spot_core.cli import add_debug_arg, reports_errors, setup_logging
 from spot_core.config import SpotConfig
 from spot_core.decode import num_proposals
 from spot_core.errors import SpotError
 from spot_core.graph import INPUT_NAME, inference_graph, output_names
 from spot_core.model import SPOT
+from spot_core.outputs import atomic_write, check_output, digest_path, refuse_overwrite, write_digest
 
 log = logging.getLogger(__name__)
 
@@ -127,19 +131,22 @@ def finish_proto(proto: Any, meta: dict[str, str]) -> Any:
     return proto
 
 
-def save_proto(proto: Any, path: Path) -> Path:
-    """Write ``proto`` atomically (temporary file in the same folder, then rename)."""
+def save_proto(proto: Any, path: str | Path) -> Path:
+    """Write ``proto`` atomically (:func:`spot_core.outputs.atomic_write`: temporary file in the same
+    folder, fsync, rename) and its digest file ``<path>.sha256`` beside it
+    (:func:`spot_core.outputs.write_digest`), which every reader checks before use
+    (:func:`runtime.onnx_model.check_onnx_digest`).
+
+    An earlier digest file is removed first, so an interrupted save never leaves a new model under
+    an old digest (nor an old model under a new one): at worst a model without a digest, which
+    loads unverified.
+    """
     import onnx
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save_model(proto, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path = Path(path)
+    digest_path(path).unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: onnx.save_model(proto, tmp))
+    write_digest(path)
     return path
 
 
@@ -157,6 +164,8 @@ def export_onnx(
     ``fp16`` exports a half-precision graph (float16 input and heads outputs). The model is copied,
     never modified. Raises :class:`spot_core.checkpoint.CheckpointError` naming the tensors that do
     not match ``cfg`` and :class:`OnnxExportError` for an unsupported opset or a failed export.
+    The file (and its digest ``<path>.sha256``, :func:`save_proto`) is written only once the export
+    succeeded; an existing file is replaced (the CLI refuses that without ``--overwrite``).
     """
     path = Path(path)
     precision = "fp16" if fp16 else "fp32"
@@ -190,30 +199,35 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fp16", action="store_true", help="half-precision graph (float16 input and heads)")
     ap.add_argument("--with-decode", action="store_true", help="append the fixed-size decode (no NMS)")
     ap.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     add_config_args(ap, default_preset=None)
+    add_debug_arg(ap)
     return ap
 
 
+@reports_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    """Export; prints the output path. Bad input: one line ``error: ...`` and exit status 2."""
+    """Export; prints the output path. Bad input: one line ``error: ...`` and exit status 2.
+
+    ``--out`` is checked before the checkpoint loads: an existing file is refused unless
+    ``--overwrite``, a folder or an unwritable place always."""
     args = build_parser().parse_args(argv)
     setup_logging(0)
-    try:
-        cfg = None
-        if args.config or args.preset:
-            from spot_core.cli import config_from_args
+    check_output(args.out)
+    refuse_overwrite(args.out, args.overwrite)
+    if args.opset < MIN_OPSET:
+        raise OnnxExportError(f"--opset {args.opset} is not supported; use opset >= {MIN_OPSET}")
+    cfg = None
+    if args.config or args.preset:
+        from spot_core.cli import config_from_args
 
-            cfg = config_from_args(args)
-        elif args.overrides:
-            from spot_core.checkpoint import checkpoint_config
+        cfg = config_from_args(args)
+    elif args.overrides:
+        from spot_core.checkpoint import checkpoint_config
 
-            cfg = checkpoint_config(args.checkpoint).override(args.overrides)
-        model, cfg = load_model(args.checkpoint, cfg)
-        out = export_onnx(
-            model, cfg, args.out, with_decode=args.with_decode, fp16=args.fp16, opset=args.opset
-        )
-    except (SpotError, OSError) as e:
-        return report_error(e)
+        cfg = checkpoint_config(args.checkpoint).override(args.overrides)
+    model, cfg = load_model(args.checkpoint, cfg)
+    out = export_onnx(model, cfg, args.out, with_decode=args.with_decode, fp16=args.fp16, opset=args.opset)
     print(out)
     return 0
 

@@ -59,10 +59,10 @@ import numpy as np
 from export.onnx import save_proto
 from runtime.edge import EDGE_CHUNK, EdgeGraph, bf16_cpu_model
 from runtime.onnx_model import FORMAT, OnnxModelError, load_onnx, read_onnx_metadata
-from spot_core.checkpoint import sha256_file
-from spot_core.cli import report_error, setup_logging
+from spot_core.cli import add_debug_arg, reports_errors, setup_logging
 from spot_core.config import ConfigError, SpotConfig
 from spot_core.errors import SpotError
+from spot_core.outputs import check_output, refuse_overwrite, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,11 @@ def quantize_onnx(
     """Quantize the fp32 SPOT heads export ``src`` to int8 at ``dst`` (see the module doc).
 
     ``static`` needs ``calibration`` (a dataset folder); ``per_channel`` applies to dynamic mode
-    (static mode is always per channel). Raises :class:`QuantizeError` on bad input.
+    (static mode is always per channel). Raises :class:`QuantizeError` on bad input, and
+    :class:`spot_core.outputs.DigestError` when ``src`` does not match its recorded digest. ``dst``
+    and its digest file are written atomically (:func:`export.onnx.save_proto`) once the
+    quantization succeeded; an existing ``dst`` is replaced (the CLI refuses that without
+    ``--overwrite``).
     """
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -272,25 +276,29 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--per-tensor", action="store_true", help="dynamic mode: one weight scale per tensor, not per channel"
     )
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    add_debug_arg(ap)
     return ap
 
 
+@reports_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    """Quantize; prints the output path. Bad input: one line ``error: ...`` and exit status 2."""
+    """Quantize; prints the output path. Bad input: one line ``error: ...`` and exit status 2.
+
+    ``--out`` is checked first: an existing file is refused unless ``--overwrite``."""
     args = build_parser().parse_args(argv)
     setup_logging(0)
-    try:
-        out = quantize_onnx(
-            args.onnx,
-            args.out,
-            static=args.static,
-            calibration=args.calibration,
-            calibration_windows_max=args.calibration_windows,
-            calibration_method=args.calibration_method,
-            per_channel=not args.per_tensor,
-        )
-    except (SpotError, OSError) as e:
-        return report_error(e)
+    check_output(args.out)
+    refuse_overwrite(args.out, args.overwrite)
+    out = quantize_onnx(
+        args.onnx,
+        args.out,
+        static=args.static,
+        calibration=args.calibration,
+        calibration_windows_max=args.calibration_windows,
+        calibration_method=args.calibration_method,
+        per_channel=not args.per_tensor,
+    )
     print(out)
     return 0
 

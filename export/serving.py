@@ -7,7 +7,8 @@ writes::
 
     REPO/NAME/config.pbtxt      platform, max_batch_size, inputs/outputs, dynamic batching, instance group
     REPO/NAME/1/model.onnx      (or model.plan)
-    REPO/NAME/spot.json         SPOT metadata (C, T, K, class names, config hash; engine sidecar for plans)
+    REPO/NAME/spot.json         SPOT metadata (C, T, K, class names, config hash; engine sidecar for plans;
+                                the model file's size and sha256, checked by :func:`verify_repository`)
 
 Input and output names, dtypes and dims come from the ONNX graph (for an engine: from its sidecar,
 which :mod:`export.trt` wrote from the parsed network); the batch dimension is left out of ``dims``
@@ -21,9 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +35,15 @@ from typing import Any
 from export.trt import check_io, onnx_io
 from runtime.engine import read_engine_metadata
 from runtime.onnx_model import load_onnx, read_onnx_metadata
-from spot_core.cli import report_error, setup_logging
+from spot_core.cli import add_debug_arg, reports_errors, setup_logging
 from spot_core.errors import SpotError
+from spot_core.outputs import (
+    check_output,
+    sha256_file,
+    verify_digest,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,20 +146,27 @@ def model_repository(
 
     ``name`` defaults to ``spot_heads`` or ``spot_heads_decode``. An existing model folder is an
     error unless ``overwrite``. Raises :class:`OnnxModelError` for a file that is not a SPOT export
-    (or an engine without its sidecar) and :class:`ServingError` for options that cannot be served.
+    (or an engine without its sidecar), :class:`spot_core.outputs.DigestError` for a source that
+    does not match its recorded digest (the ONNX's ``.sha256`` file, the engine sidecar's size and
+    sha256; a source without one is packaged unverified) and :class:`ServingError` for options
+    that cannot be served.
+
+    The model folder is built beside its final place and renamed into it when complete, so a failed
+    or interrupted run leaves an earlier folder as it was. ``spot.json`` records the model file's
+    size and sha256 (``model_bytes``, ``model_sha256``; :func:`verify_repository` checks them).
     """
     opts = options or ServingOptions()
     if (onnx is None) == (engine is None):
         raise ServingError("give exactly one of onnx / engine")
     if onnx is not None:
         src = Path(onnx)
-        meta = read_onnx_metadata(src)
+        meta = read_onnx_metadata(src)  # checks the digest file beside it first
         io = onnx_io(load_onnx(src))
         check_io(src, io, meta)
         platform, filename, spot = "onnxruntime_onnx", "model.onnx", {"spot": meta}
     else:
         src = Path(engine)
-        side = read_engine_metadata(src)
+        side = read_engine_metadata(src)  # checks the engine's size and sha256 against the sidecar
         meta, io = side["spot"], {"inputs": side["inputs"], "outputs": side["outputs"]}
         if opts.instance_kind != "gpu":
             raise ServingError(f"{src}: a TensorRT engine runs on GPU instances only")
@@ -164,6 +181,7 @@ def model_repository(
                 f"max batch {prof_max}"
             )
         platform, filename, spot = "tensorrt_plan", "model.plan", {"spot": meta, "engine": side}
+    src_sha = sha256_file(src)
     name = name or ("spot_heads_decode" if meta.get("graph") == "heads+decode" else "spot_heads")
     if not _NAME.match(name):
         raise ServingError(f"model name {name!r}: use letters, digits, '_', '.', '-'")
@@ -174,17 +192,66 @@ def model_repository(
     }
     text = config_pbtxt(name, platform, io, opts, params)
 
-    model_dir = Path(out) / name
-    if model_dir.exists():
-        if not overwrite:
-            raise ServingError(f"{model_dir}: model folder exists (pass overwrite to replace it)")
-        shutil.rmtree(model_dir)
-    (model_dir / "1").mkdir(parents=True)
-    shutil.copyfile(src, model_dir / "1" / filename)
-    (model_dir / "config.pbtxt").write_text(text)
-    (model_dir / "spot.json").write_text(json.dumps(spot, indent=2) + "\n")
+    out = Path(out)
+    check_output(out, what="repository", folder=True)
+    model_dir = out / name
+    if model_dir.is_symlink() or (model_dir.exists() and not model_dir.is_dir()):
+        raise ServingError(f"{model_dir}: exists and is not a model folder; remove it first")
+    if model_dir.exists() and not overwrite:
+        raise ServingError(
+            f"{model_dir}: model folder exists; pass --overwrite (overwrite=True) to replace it"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=out))
+    try:
+        (tmp / "1").mkdir()
+        copy = tmp / "1" / filename
+        shutil.copyfile(src, copy)
+        spot["model_file"] = f"1/{filename}"
+        spot["model_sha256"] = sha256_file(copy)
+        spot["model_bytes"] = copy.stat().st_size
+        if spot["model_sha256"] != src_sha:
+            raise ServingError(f"{src}: changed while it was copied into the repository")
+        write_text_atomic(tmp / "config.pbtxt", text)
+        write_json_atomic(tmp / "spot.json", spot, indent=2)
+        _replace_folder(tmp, model_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     log.info("wrote Triton model %s (%s)", model_dir, platform)
     return model_dir
+
+
+def _replace_folder(new: Path, dest: Path) -> None:
+    """Put the finished folder ``new`` at ``dest`` by renames: an existing ``dest`` is moved aside
+    first and removed after, so ``dest`` is always either the old or the new complete folder (or,
+    for the instant between the two renames, absent)."""
+    old = None
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+        old.rmdir()
+        os.replace(dest, old)
+    os.replace(new, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def verify_repository(model_dir: str | Path) -> Path:
+    """Check the model file of a repository written by :func:`model_repository` against the size and
+    sha256 its ``spot.json`` records; returns the model file. :class:`spot_core.outputs.DigestError`
+    naming the file on a mismatch; :class:`ServingError` when ``spot.json`` is missing or records no
+    digest (repositories written before digests existed)."""
+    model_dir = Path(model_dir)
+    try:
+        spot = json.loads((model_dir / "spot.json").read_text())
+        rel, sha, size = spot["model_file"], spot["model_sha256"], spot["model_bytes"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ServingError(f"{model_dir}/spot.json: missing, unreadable or without a digest ({e})") from None
+    path = model_dir / rel
+    if not path.is_file():
+        raise ServingError(f"{path}: model file missing from the repository")
+    verify_digest(path, sha, size=size)
+    return path
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -204,31 +271,31 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--instances", type=int, default=d.instances, help="instances per device")
     ap.add_argument("--instance-kind", choices=("gpu", "cpu"), default=d.instance_kind)
     ap.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    add_debug_arg(ap)
     return ap
 
 
+@reports_errors
 def main(argv: Sequence[str] | None = None) -> int:
     """Write the repository; prints the model folder. Bad input: one line ``error: ...``, status 2."""
     args = build_parser().parse_args(argv)
     setup_logging(0)
-    try:
-        opts = ServingOptions(
-            max_batch_size=args.max_batch_size,
-            preferred_batch_sizes=tuple(args.preferred_batch_size),
-            max_queue_delay_us=args.max_queue_delay_us,
-            instances=args.instances,
-            instance_kind=args.instance_kind,
-        )
-        out = model_repository(
-            args.out,
-            onnx=args.onnx,
-            engine=args.engine,
-            name=args.name,
-            options=opts,
-            overwrite=args.overwrite,
-        )
-    except (SpotError, OSError) as e:
-        return report_error(e)
+    check_output(args.out, folder=True)
+    opts = ServingOptions(
+        max_batch_size=args.max_batch_size,
+        preferred_batch_sizes=tuple(args.preferred_batch_size),
+        max_queue_delay_us=args.max_queue_delay_us,
+        instances=args.instances,
+        instance_kind=args.instance_kind,
+    )
+    out = model_repository(
+        args.out,
+        onnx=args.onnx,
+        engine=args.engine,
+        name=args.name,
+        options=opts,
+        overwrite=args.overwrite,
+    )
     print(out)
     return 0
 

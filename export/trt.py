@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import sys
 import time
@@ -42,10 +41,15 @@ from runtime.engine import (
     sidecar_path,
 )
 from runtime.onnx_model import OnnxModelError, load_onnx, read_onnx_metadata
-from spot_core.checkpoint import sha256_file, write_bytes_atomic
-from spot_core.cli import report_error, setup_logging
-from spot_core.errors import SpotError
+from spot_core.cli import add_debug_arg, reports_errors, setup_logging
 from spot_core.graph import INPUT_NAME
+from spot_core.outputs import (
+    check_output,
+    refuse_overwrite,
+    sha256_file,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +199,11 @@ def build_engine(
     truncated file is an :class:`OnnxModelError` naming it). ``profile`` spans the batch dimension.
     ``timing_cache`` is read if it exists and written back after the build (full TensorRT only).
     Raises :class:`TrtUnavailableError` when no backend imports and :class:`TrtBuildError` for an
-    unsupported request, a parser error or a failed build; nothing is written then.
+    unsupported request, a parser error or a failed build; nothing is written then. The ONNX is
+    checked against its recorded digest first (:func:`runtime.onnx_model.check_onnx_digest`). The
+    engine and its sidecar (which records the engine's size and sha256, checked by every loader)
+    are written atomically after the build; an existing ``out`` is replaced (the CLI refuses that
+    without ``--overwrite``).
     """
     onnx_path, out = Path(onnx_path), Path(out)
     profile = profile or BatchProfile()
@@ -248,6 +256,8 @@ def build_engine(
     if timing_cache is not None:
         write_bytes_atomic(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
 
+    # the old sidecar goes first: an interrupted write leaves no engine under a sidecar of another
+    sidecar_path(out).unlink(missing_ok=True)
     write_bytes_atomic(out, data)
     side = engine_sidecar(
         meta,
@@ -262,7 +272,7 @@ def build_engine(
         engine_bytes=data,
         build_s=build_s,
     )
-    write_bytes_atomic(sidecar_path(out), (json.dumps(side, indent=2) + "\n").encode())
+    write_json_atomic(sidecar_path(out), side, indent=2)
     log.info("built %s with %s %s (%s) in %.1f s", out, be.name, be.version, precision, build_s)
     return out
 
@@ -329,26 +339,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="TensorRT-RTX target, e.g. SM86 (repeatable; default: the backend's choice)",
     )
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out engine")
+    add_debug_arg(ap)
     return ap
 
 
+@reports_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    """Build; prints the engine path. Bad input or no TensorRT: one line ``error: ...``, status 2."""
+    """Build; prints the engine path. Bad input or no TensorRT: one line ``error: ...``, status 2.
+
+    The output paths are checked before the build: an existing ``--out`` is refused unless
+    ``--overwrite``."""
     args = build_parser().parse_args(argv)
     setup_logging(0)
-    try:
-        out = build_engine(
-            args.onnx,
-            args.out,
-            fp16=args.fp16,
-            profile=BatchProfile(args.min_batch, args.opt_batch, args.max_batch),
-            timing_cache=args.timing_cache,
-            workspace_mib=args.workspace_mib,
-            backend=args.backend,
-            compute_capabilities=args.compute_capability,
-        )
-    except (SpotError, OSError) as e:
-        return report_error(e)
+    check_output(args.out)
+    check_output(sidecar_path(args.out), what="--out's sidecar")
+    check_output(args.timing_cache, what="--timing-cache")
+    refuse_overwrite(args.out, args.overwrite)
+    out = build_engine(
+        args.onnx,
+        args.out,
+        fp16=args.fp16,
+        profile=BatchProfile(args.min_batch, args.opt_batch, args.max_batch),
+        timing_cache=args.timing_cache,
+        workspace_mib=args.workspace_mib,
+        backend=args.backend,
+        compute_capabilities=args.compute_capability,
+    )
     print(out)
     return 0
 

@@ -52,7 +52,9 @@ Pass criteria (DESIGN.md section 7):
 Exit status: 0 when no row failed, 1 when one did, 2 on bad input (a missing file, a checkpoint that
 does not load, an ONNX file whose metadata does not match the checkpoint's config
 (:func:`runtime.onnx_model.check_onnx_metadata`), a heads+decode ONNX, an engine without its sidecar, a
-dataset folder that does not load).
+dataset folder that does not load, an ONNX or engine that does not match its recorded digest, an
+unknown or absent ``--device``, a ``--json`` path that cannot be written: the last two are checked
+before any work).
 """
 
 from __future__ import annotations
@@ -84,10 +86,11 @@ from runtime.backends import (
     trt_runner,
 )
 from spot_core.checkpoint import CheckpointError, load_model
-from spot_core.cli import report_error, setup_logging
+from spot_core.cli import add_debug_arg, check_device, reports_errors, setup_logging
 from spot_core.config import SpotConfig
 from spot_core.errors import SpotError
 from spot_core.model import SPOT
+from spot_core.outputs import check_output, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -589,35 +592,46 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=4, help="batch size (1 is run too; default 4)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random windows")
     ap.add_argument("--device", help="device of the eager and compile rows (default: cuda if available)")
+    add_debug_arg(ap)
     return ap
 
 
+@reports_errors
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print the table (and write ``--json``); exit 1 if a row failed, 2 on bad input."""
+    """Print the table (and write ``--json``); exit 1 if a row failed, 2 on bad input.
+
+    ``--device`` and ``--json`` are checked before any work; the JSON is written atomically at the
+    end (NaN / Inf metrics as null: JSON has no such numbers)."""
     args = build_parser().parse_args(argv)
     setup_logging(0)
-    try:
-        rows = verify(
-            args.checkpoint,
-            onnx=args.onnx,
-            engine=args.engine,
-            data=args.data,
-            backends=[b.strip() for b in args.backends.split(",") if b.strip()],
-            num_random=args.random,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            device=args.device,
-        )
-    except (SpotError, OSError) as e:
-        return report_error(e)
-    text = json.dumps(rows, indent=2)
+    check_device(args.device)
+    if args.json != "-":
+        check_output(args.json, what="--json")
+    rows = verify(
+        args.checkpoint,
+        onnx=args.onnx,
+        engine=args.engine,
+        data=args.data,
+        backends=[b.strip() for b in args.backends.split(",") if b.strip()],
+        num_random=args.random,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+    )
     if args.json == "-":
-        print(text)
+        print(json.dumps(_json_rows(rows), indent=2))
     else:
         print(format_table(rows))
         if args.json:
-            Path(args.json).write_text(text + "\n")
+            write_json_atomic(args.json, _json_rows(rows), indent=2)
     return 1 if any(r["status"] == "failed" for r in rows) else 0
+
+
+def _json_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with non-finite floats (a row whose outputs were not finite) as None."""
+    return [
+        {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()} for r in rows
+    ]
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from runtime.onnx_model import OnnxModelError, OnnxRunner, check_onnx_metadata, 
 from spot_core.checkpoint import save_model  # noqa: E402
 from spot_core.config import SpotConfig  # noqa: E402
 from spot_core.decode import decode_windows, num_proposals  # noqa: E402
+from spot_core.outputs import verify_digest  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -167,9 +168,17 @@ def test_cli(toy, tmp_path, capsys):
     assert out.is_file() and read_onnx_metadata(out)["num_classes"] == cfg.model.num_classes
     capsys.readouterr()
 
-    assert main(["--checkpoint", str(tmp_path / "none.safetensors"), "--out", str(out)]) == 2
+    before = out.read_bytes()
+    assert main(["--checkpoint", str(ckpt), "--out", str(out), "--preset", "toy"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "already exists; pass --overwrite" in err and err.count("\n") == 1
+    assert out.read_bytes() == before and verify_digest(out)
+
+    argv = ["--checkpoint", str(tmp_path / "none.safetensors"), "--out", str(out), "--overwrite"]
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "not found" in err and err.count("\n") == 1
+    assert out.read_bytes() == before
 
     argv = ["--checkpoint", str(ckpt), "--out", str(tmp_path / "x.onnx"), "--preset", "anet"]
     assert main(argv) == 2

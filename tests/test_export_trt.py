@@ -177,4 +177,6 @@ def test_cli(onnx_files, tmp_path, capsys):
     side = json.loads(sidecar_path(out).read_text())
     assert side["batch_profile"] == {"min": 1, "opt": 2, "max": 8} and side["onnx_file"] == path.name
     assert main([str(path), "--out", str(out), "--min-batch", "3", "--opt-batch", "2"]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main([str(path), "--out", str(out), "--min-batch", "3", "--opt-batch", "2", "--overwrite"]) == 2
     assert "min <= opt" in capsys.readouterr().err
