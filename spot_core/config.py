@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -366,7 +367,7 @@ def _coerce_items(value: list | tuple, where: str, f_type: Any) -> tuple:
                     x = float(x)
                 except ValueError:
                     pass
-            if isinstance(x, bool) or not isinstance(x, (int, float)):
+            if isinstance(x, bool) or not isinstance(x, numbers.Real):
                 raise ConfigError(f"{w}: expected a number, got {x!r}")
             if not math.isfinite(x):
                 raise ConfigError(f"{w}: expected a finite number, got {x!r}")
@@ -420,9 +421,15 @@ def _validate_types(cfg: SpotConfig) -> None:
                 _coerce_items(v, where, f_type=ft)
             elif isinstance(v, float) and not math.isfinite(v):
                 raise ConfigError(f"{where}: expected a finite number, got {v}")
-            elif v is not None and "float" in ft and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            elif v is not None and "float" in ft and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
                 raise ConfigError(f"{where}: expected a number, got {v!r}")
-            elif v is not None and ft.startswith("int") and (isinstance(v, bool) or not isinstance(v, int)):
+            elif v is not None and "float" in ft and not math.isfinite(v):
+                raise ConfigError(f"{where}: expected a finite number, got {v}")
+            elif (
+                v is not None
+                and ft.startswith("int")
+                and (isinstance(v, bool) or not isinstance(v, numbers.Integral))
+            ):
                 raise ConfigError(f"{where}: expected an integer, got {v!r}")
     _coerce_items(cfg.class_names, "class_names", f_type="tuple[str, ...]")
     if len(set(cfg.class_names)) != len(cfg.class_names):
@@ -442,7 +449,7 @@ def _validate_ranges(cfg: SpotConfig) -> None:
         ("train.grad_clip", tr.grad_clip is None or tr.grad_clip >= 0, ">= 0 or null"),
         ("loss.focal_gamma", ls.focal_gamma >= 0, ">= 0"),
         ("decode.min_len_frac", 0.0 <= dec.min_len_frac < 1.0, "in [0, 1)"),
-        ("data.min_inside", 0.0 < dc.min_inside <= 1.0, "in (0, 1]"),
+        ("data.min_inside", 0.0 <= dc.min_inside <= 1.0, "in [0, 1]"),
     ]
     for name in ("cls_weight", "mask_bce_weight", "mask_dice_weight"):
         checks.append((f"loss.{name}", getattr(ls, name) >= 0, ">= 0"))
