@@ -314,9 +314,17 @@ class EdgeSession(EagerSession):
 
     backend = "edge"
 
+    def __init__(self, model: SPOT, cfg: SpotConfig, **kw: Any) -> None:
+        device = kw.get("device", "cpu")
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, TypeError):
+            kind = "cpu"  # not a device at all: the generic check names it
+        if kind != "cpu":  # said before "no CUDA here" or "unsupported device type"
+            raise SessionError(f"the edge backend runs on the CPU only, not on {device}")
+        super().__init__(model, cfg, **kw)
+
     def _build(self, model: SPOT, cfg: SpotConfig) -> torch.nn.Module:
-        if self.device.type != "cpu":
-            raise SessionError(f"the edge backend runs on the CPU only, not on {self.device}")
         from runtime.edge import bf16_cpu_model
 
         return bf16_cpu_model(model, cfg)

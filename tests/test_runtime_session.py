@@ -237,8 +237,9 @@ def test_edge_session_is_the_bf16_cpu_model(toy, files):
         assert not torch.equal(g, r)  # really bf16
     l1, m1 = s.forward(x[3:4])  # another position, other batch-mates: same bits
     assert torch.equal(l1, le[3:4]) and torch.equal(m1, me[3:4])
-    with pytest.raises(SessionError, match="CPU only"):
-        EdgeSession(model, cfg, device="meta")
+    for dev in ("meta", "cuda"):  # CPU only, said before whether this machine has the device
+        with pytest.raises(SessionError, match="CPU only"):
+            EdgeSession(model, cfg, device=dev)
     with pytest.raises(SessionError, match="needs a .safetensors file"):
         open_session(files["onnx"], backend="edge")
 
