@@ -104,8 +104,14 @@ def check_output(path: str | Path | None, *, what: str = "--out", folder: bool =
         parent = _first_existing(p.parent)
     if not parent.is_dir():
         raise OutputError(f"{what} {p}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"{what} {p}: {parent} is not writable")
+    # a real probe, not os.access: root passes os.access on read-only file systems (/proc, a
+    # read-only mount) and the write would fail only after the work
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".spot-probe-")
+    except OSError as e:
+        raise OutputError(f"{what} {p}: {parent} is not writable ({e.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _first_existing(p: Path) -> Path:

@@ -286,6 +286,11 @@ CASES: list[Case] = [
     Case("train_out_under_a_file", "extra",
          (*TRAIN, "--data", "{data}", "--out", "{tmp}/afile/run", *ONE_EPOCH),
          r"--out .*afile/run: .*afile is not a folder", _afile),
+    # read-only outputs: chmod does not stop root (CI), a path on /proc does (no file can be made there)
+    Case("train_out_read_only", "extra", (*TRAIN, "--data", "{data}", "--out", "/proc/spot_run", *ONE_EPOCH),
+         r"--out /proc/spot_run: /proc is not writable"),
+    Case("demo_out_read_only", "extra", ("-m", "spot_core.demo", "--no-progress", "--out", "/proc/spot_demo"),
+         r"--out /proc/spot_demo: /proc is not writable"),
     Case("train_resume_without_state", "extra",
          (*TRAIN, "--data", "{data}", "--out", "{tmp}/fresh", "--resume"),
          r"train_state\.pt: resume state not found"),

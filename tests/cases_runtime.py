@@ -224,6 +224,25 @@ CASES: list[Case] = [
         r"--out .*afile: is a file, expected a folder",
         setup=_a_file,
     ),
+    # read-only outputs: chmod does not stop root (CI), a path on /proc does (no file can be made there)
+    Case(
+        "stream-out-read-only",
+        "extra",
+        (*STREAM, "--features", "{features}", "--out", "/proc/spot_out.json"),
+        r"--out /proc/spot_out\.json: /proc is not writable",
+    ),
+    Case(
+        "batch-out-read-only",
+        "extra",
+        (*BATCH, "--out", "/proc/spot_batch", "--snippet-rate", "2"),
+        r"--out /proc/spot_batch: /proc is not writable",
+    ),
+    Case(
+        "onnx-out-read-only",
+        "extra",
+        ("-m", "export.onnx", "--checkpoint", "{ckpt}", "--out", "/proc/spot.onnx"),
+        r"--out /proc/spot\.onnx: /proc is not writable",
+    ),
     Case(
         "batch-bad-model-keeps-out",
         "2",
