@@ -49,7 +49,8 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it and rename it to ``path``.
 
     The temporary file is removed when ``write`` fails or the run is interrupted (any exception,
-    KeyboardInterrupt included); ``path`` is then unchanged. A symlink at ``path`` is replaced by
+    KeyboardInterrupt included); ``path`` is then unchanged. An ``OSError`` while writing (a full
+    disk) becomes an :class:`OutputError` that names ``path``. A symlink at ``path`` is replaced by
     the new file (its target is never written through).
     """
     path = Path(path)
@@ -66,6 +67,9 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a quota, an I/O error: name the output, not the temporary
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputError(f"{path}: could not be written ({e.strerror or e}); it is unchanged") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
