@@ -106,6 +106,18 @@ def test_stream_error_printed_once(toy_files, tmp_path):
     assert res.stderr.count("\n") == 1 and res.stderr.startswith("error: ")
 
 
+@pytest.mark.parametrize("how", ["--debug", "SPOT_DEBUG=1"])
+def test_debug_shows_the_traceback(toy_files, tmp_path, how):
+    """Without --debug a bad rate is one error line (the table); with it, the traceback of the error."""
+    args = ["--model", str(toy_files["ckpt"]), "--features", str(toy_files["data"] / "features")]
+    args += ["--snippet-rate", "nan"]
+    env = {**ENV, "SPOT_DEBUG": "1"} if how == "SPOT_DEBUG=1" else ENV
+    cmd = [sys.executable, "-m", "runtime.stream", *args, *(["--debug"] if how == "--debug" else [])]
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode not in (0, 2), res.stderr
+    assert "Traceback" in res.stderr and "--snippet-rate must be a finite number > 0" in res.stderr
+
+
 def test_symlink_at_out_is_replaced_not_written_through(toy_files, tmp_path):
     from runtime.stream import main
 
