@@ -216,12 +216,14 @@ def evaluate_split(model, split: Split, cfg: SpotConfig | None = None) -> dict:
 
 
 #: the rows of issue 3 item 6: (labeled fraction, use unlabelled data, pretraining, refinement)
+#: (issue 14: ``self``: rounds of self-training, spot_core.self_training; None: the config's own)
 VARIANTS: dict[str, dict] = {
-    "sup100": {"fraction": None, "semi": False, "pretrain": False, "refine": False},
-    "sup10": {"fraction": 0.1, "semi": False, "pretrain": False, "refine": False},
-    "spot10": {"fraction": 0.1, "semi": True, "pretrain": True, "refine": True},
-    "spot10_nopretrain": {"fraction": 0.1, "semi": True, "pretrain": False, "refine": True},
-    "spot10_norefine": {"fraction": 0.1, "semi": True, "pretrain": True, "refine": False},
+    "sup100": {"fraction": None, "semi": False, "pretrain": False, "refine": False, "self": 0},
+    "sup10": {"fraction": 0.1, "semi": False, "pretrain": False, "refine": False, "self": 0},
+    "spot10": {"fraction": 0.1, "semi": True, "pretrain": True, "refine": True, "self": None},
+    "spot10_nopretrain": {"fraction": 0.1, "semi": True, "pretrain": False, "refine": True, "self": None},
+    "spot10_norefine": {"fraction": 0.1, "semi": True, "pretrain": True, "refine": False, "self": None},
+    "self10": {"fraction": 0.1, "semi": False, "pretrain": False, "refine": False, "self": 1},
 }
 
 
@@ -235,6 +237,8 @@ def variant_config(cfg: SpotConfig, variant: str, seed: int) -> SpotConfig:
     ]
     if not v["pretrain"]:
         sets.append("semi.pretrain_epochs=0")
+    if v["self"] is not None:
+        sets.append(f"semi.self_train_rounds={v['self']}")
     return cfg.override(sets)
 
 
@@ -282,7 +286,7 @@ def trained_direction(
         train_stride=train_stride if train_stride is not None else default_train_stride(cfg), context=context,
     )  # fmt: skip
     windows = split.train_windows
-    if not v["semi"]:
+    if not v["semi"] and not cfg.semi.self_train_rounds:
         windows = [w for w in windows if w.labeled]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(out_dir) if out_dir is not None else Path(tmp)

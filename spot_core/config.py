@@ -170,6 +170,11 @@ class SemiConfig:
     # epochs over which the terms built from the model's own predictions (pseudo-label loss and
     # refinement) ramp up from ~0 to their weight, exp(-5 (1 - e / R)^2) (Laine & Aila 2017); 0: off
     rampup_epochs: int = 0
+    # self-training (spot_core.self_training): after the run's training, this many rounds of a
+    # student trained on the labelled windows plus the unlabelled videos pseudo-labelled by the
+    # previous model (detections with score >= self_train_score); 0: off. Window mode only.
+    self_train_rounds: int = 0
+    self_train_score: float = 0.5
     order_weight: float = 1.0
     temperature: float = 0.07
     k_easy: int = 10
@@ -516,6 +521,8 @@ def validate(cfg: SpotConfig) -> None:
         raise ConfigError(f"data.train_stride must be >= 1 or null, got {dc.train_stride}")
     _validate_backbone(m)
     _validate_semi(cfg.semi)
+    if cfg.semi.self_train_rounds and cfg.data.mode != "window":
+        raise ConfigError("semi.self_train_rounds needs data.mode: window (streams)")
     if cfg.class_names and len(cfg.class_names) != m.num_classes:
         raise ConfigError(
             f"class_names has {len(cfg.class_names)} names but model.num_classes is {m.num_classes}"
@@ -553,6 +560,10 @@ def _validate_semi(s: SemiConfig) -> None:
         raise ConfigError("semi.labeled_fraction and semi.split_file are exclusive: give one")
     if s.rampup_epochs < 0:
         raise ConfigError(f"semi.rampup_epochs must be >= 0, got {s.rampup_epochs}")
+    if s.self_train_rounds < 0:
+        raise ConfigError(f"semi.self_train_rounds must be >= 0, got {s.self_train_rounds}")
+    if not 0.0 <= s.self_train_score <= 1.0:
+        raise ConfigError(f"semi.self_train_score must be in [0, 1], got {s.self_train_score}")
     if s.pretrain_epochs < 0:
         raise ConfigError(f"semi.pretrain_epochs must be >= 0, got {s.pretrain_epochs}")
     if s.pretrain_steps_per_epoch is not None and s.pretrain_steps_per_epoch < 1:

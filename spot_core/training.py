@@ -89,6 +89,7 @@ RUN_FILES = (
     "val_predictions.json",
     "config.yaml",
     "stream_features.json",
+    "self_training.json",
 )
 
 
@@ -120,7 +121,7 @@ _ADDED_LATER = {
     "data": ("train_stride",),
     "train": ("ema_decay", "optimizer", "time_warp"),
     "loss": ("label_smoothing",),
-    "semi": ("pretrain_steps_per_epoch",),
+    "semi": ("pretrain_steps_per_epoch", "self_train_rounds", "self_train_score"),
     "decode": ("stitch",),
 }  # fmt: skip
 
@@ -573,6 +574,11 @@ def train_on_windows(
     :func:`save_checkpoint`.
     """
     out = Path(out_dir)
+    if cfg.semi.self_train_rounds and any(not w.labeled for w in train_windows):
+        return self_train(
+            cfg, train_windows, val_set, val_windows, out,
+            resume=resume, progress=progress, device=device, validate_every=validate_every,
+        )  # fmt: skip
     labeled, unlabeled = split_training_windows(cfg, train_windows, num_val=len(val_windows))
     run = build_run(cfg, out, resume=resume, progress=progress, device=device)
     pretrain_stage(run, train_windows)
@@ -580,6 +586,49 @@ def train_on_windows(
     return TrainResult(
         out, run.best_map, run.best_epoch, [r for r in run.history if r.get("stage") != "pretrain"]
     )
+
+
+def self_train(
+    cfg: SpotConfig,
+    train_windows: list[Window],
+    val_set: AnnotationSet | None,
+    val_windows: list[Window],
+    out: Path,
+    *,
+    resume: bool,
+    progress: bool,
+    device: str,
+    validate_every: int,
+) -> TrainResult:
+    """``semi.self_train_rounds`` (:mod:`spot_core.self_training`): the teacher (the configured
+    training) in ``out/round0``, then each round's student on the labelled windows plus the
+    unlabelled videos pseudo-labelled by the previous model; the last student in ``out``. A resumed
+    run resumes the round it stopped in (finished rounds are loaded, not retrained)."""
+    from .checkpoint import load_model
+    from .self_training import infer_train_stride, pseudo_label_windows, round_dir, student_config
+
+    rounds = cfg.semi.self_train_rounds
+    labeled = [w for w in train_windows if w.labeled and w.has_targets]
+    unlabeled = [w for w in train_windows if not w.labeled]
+    stride = infer_train_stride(unlabeled)
+    kw = dict(progress=progress, device=device, validate_every=validate_every)
+
+    def sub_run(c: SpotConfig, windows: list[Window], d: Path) -> TrainResult:
+        again = resume and (d / "train_state.pt").exists()
+        return train_on_windows(c, windows, val_set, val_windows, d, resume=again, **kw)
+
+    log.info("self-training: round 0 (the teacher) in %s", round_dir(out, 0))
+    res = sub_run(cfg.override(["semi.self_train_rounds=0"]), train_windows, round_dir(out, 0))
+    summaries = []
+    for r in range(1, rounds + 1):
+        teacher, tcfg = load_model(res.out_dir / "last.safetensors", map_location=device)
+        pseudo, summary = pseudo_label_windows(teacher, tcfg, unlabeled, train_stride=stride)
+        summaries.append({"round": r, **summary})
+        d = out if r == rounds else round_dir(out, r)
+        log.info("self-training: round %d (student) in %s", r, d)
+        res = sub_run(student_config(cfg), labeled + pseudo, d)
+    write_json_atomic(out / "self_training.json", {"rounds": summaries})
+    return res
 
 
 def split_training_windows(
