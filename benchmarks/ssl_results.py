@@ -7,6 +7,8 @@ mean, std and n of the average mAP (and of mAP@0.3 / @0.5 / @0.7) for
 - ``sup10``: supervised on the 10% labelled part only;
 - ``spot10``: SPOT with 10% labels (pretraining + pseudo-labels + refinement);
 - ``spot10_nopretrain`` / ``spot10_norefine``: its ablations;
+- ``self10`` (ActRecTut): supervised 10% as the teacher, then one round of self-training
+  (:mod:`spot_core.self_training`);
 
 on ActRecTut (cross-subject, both directions, protocol of :mod:`spot_core.actrectut`) and on the
 embedded synthetic data (``toy`` preset, ActivityNet protocol), with the peer's ActionFormer numbers
@@ -19,6 +21,7 @@ ignores them), so the table can be built in parts::
     python -m benchmarks.ssl_results                                   # everything, 3 seeds
     python -m benchmarks.ssl_results --datasets toy --rows sup10 spot10 --seeds 0   # a quick subset
     python -m benchmarks.ssl_results --render-only                     # table from the cache
+    python -m benchmarks.ssl_results --datasets actrectut --models M    # keep / reuse the models in M
 
 Runs use one torch thread (shared 2-core machines). Numbers are of the model after the last epoch
 (no epoch is selected on the test data).
@@ -43,13 +46,14 @@ from spot_core.outputs import write_text_atomic
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = REPO / "benchmarks" / "results" / "ssl_runs.jsonl"
 DEFAULT_OUT = REPO / "docs" / "results.md"
-ROWS = ("sup100", "sup10", "spot10", "spot10_nopretrain", "spot10_norefine")
+ROWS = ("sup100", "sup10", "spot10", "spot10_nopretrain", "spot10_norefine", "self10")
 ROW_NAMES = {
     "sup100": "supervised, 100% labels",
     "sup10": "supervised, 10% labels only",
     "spot10": "SPOT, 10% labels",
     "spot10_nopretrain": "SPOT, 10% labels, no pretraining",
     "spot10_norefine": "SPOT, 10% labels, no refinement",
+    "self10": "supervised 10% + one round of self-training",
 }
 #: issue 3 item 5: ActionFormer on the same features (one seed each), and a per-snippet logistic regression
 PEER = {
@@ -90,11 +94,25 @@ def arch_config(arch: str):
 
 
 def run_actrectut(
-    row: str, direction: str, seed: int, data: Path, context: tuple[int, ...], arch: str = ARCHS[0]
+    row: str,
+    direction: str,
+    seed: int,
+    data: Path,
+    context: tuple[int, ...],
+    arch: str = ARCHS[0],
+    models: Path | None = None,
 ) -> dict:
+    """One ActRecTut run; with ``models``, its model is kept in (and reused from) a folder there."""
     from spot_core.actrectut import run_direction
 
-    return run_direction(data, direction, row, seed, cfg=arch_config(arch), context=context)
+    out = None
+    if models is not None:
+        ctx = f"_ctx{len(context)}" if context else ""
+        out = models / f"{arch}_{row}_{direction.replace('->', 'to')}_s{seed}{ctx}"
+        out.mkdir(parents=True, exist_ok=True)
+    return run_direction(
+        data, direction, row, seed, cfg=arch_config(arch), context=context, out_dir=out, reuse=out is not None
+    )
 
 
 def run_toy(row: str, seed: int, data_dir: Path) -> dict:
@@ -270,6 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--fresh", action="store_true", help="ignore cached runs (they are still kept)")
+    p.add_argument(
+        "--models",
+        type=Path,
+        default=None,
+        help="keep each ActRecTut run's model in a folder here and reuse it when the training settings "
+        "match (a decode change then re-scores stored models instead of retraining)",
+    )
     p.add_argument("--render-only", action="store_true")
     args = p.parse_args(argv)
     setup_logging(1)
@@ -286,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         for ds in args.datasets:
             for seed in args.seeds:
                 for row in args.rows:
+                    if ds == "toy" and row == "self10":  # self-training needs window mode (streams)
+                        continue
                     for d in args.directions if ds == "actrectut" else [""]:
                         arch = args.arch if ds == "actrectut" else ""
                         key_r = {"dataset": ds, "row": row, "direction": d, "seed": seed,
@@ -295,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                         if _key(key_r) in done:
                             continue
                         if ds == "actrectut":
-                            r = run_actrectut(row, d, seed, args.data, context, arch)
+                            r = run_actrectut(row, d, seed, args.data, context, arch, args.models)
                         else:
                             if toy_dir is None:
                                 from spot_core.config import SpotConfig

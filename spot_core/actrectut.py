@@ -52,6 +52,7 @@ from .data.streams import sub_video as _sub_video
 from .data.windows import FeatureStats, Window, make_windows
 from .evaluation import PROTOCOLS, evaluate_detection
 from .inference import predict_windows
+from .outputs import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ class Split:
     test_stream: np.ndarray | None = None  # the whole standardised test stream [N, C] (for streaming)
     pieces: list[tuple[int, int]] = field(default_factory=list)  # training pieces (snippets)
     labeled_pieces: list[int] = field(default_factory=list)
+    reused_model: bool = False  # trained_direction loaded a stored run instead of training
 
     @property
     def labeled_seconds(self) -> float:
@@ -253,8 +255,13 @@ def trained_direction(
     progress: bool = False,
     train_stride: int | None = None,
     context: tuple[int, ...] = (),
+    reuse: bool = False,
 ) -> tuple[torch.nn.Module, SpotConfig, dict[str, np.ndarray], AnnotationSet, Split]:
     """Train one direction and return ``(model, cfg, test features, test annotations, split)``.
+
+    ``reuse`` (with ``out_dir``): when ``out_dir`` holds a finished run of the same training settings
+    (``run_config.json``: the config without its ``decode`` section), load its model instead of
+    training, and give it this config's decode (so a decode change re-scores stored models).
 
     The test features are the standardised ``[N, 60]`` snippets of each ~5-minute test piece (keys as
     in the annotations); a streaming runtime can feed them in chunks and compare with the offline
@@ -288,14 +295,46 @@ def trained_direction(
     windows = split.train_windows
     if not v["semi"] and not cfg.semi.self_train_rounds:
         windows = [w for w in windows if w.labeled]
+    from .checkpoint import load_model
+
+    settings = training_settings(split.cfg)
+    if reuse and out_dir is not None and stored_run_matches(Path(out_dir), settings):
+        model, mcfg = load_model(Path(out_dir) / "last.safetensors")
+        split.reused_model = True
+        return model, mcfg.replace(decode=split.cfg.decode), split.test_features, split.test_set, split
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(out_dir) if out_dir is not None else Path(tmp)
         torch.manual_seed(seed)
+        t0 = time.perf_counter()
         train_on_windows(split.cfg, windows, None, [], out, progress=progress)
-        from .checkpoint import load_model
-
+        if out_dir is not None:
+            write_json_atomic(
+                out / RUN_CONFIG, {"settings": settings, "train_seconds": time.perf_counter() - t0}
+            )
         model, mcfg = load_model(out / "last.safetensors")
     return model, mcfg, split.test_features, split.test_set, split
+
+
+#: a stored run's training settings (:func:`trained_direction` with ``out_dir``)
+RUN_CONFIG = "run_config.json"
+
+
+def training_settings(cfg: SpotConfig) -> dict:
+    """What a trained model depends on: the config without its ``decode`` section (as JSON values)."""
+    d = json.loads(json.dumps(cfg.to_dict()))
+    d.pop("decode", None)
+    return d
+
+
+def stored_run_matches(folder: Path, settings: dict) -> bool:
+    """``folder`` holds a finished run (``last.safetensors``, :data:`RUN_CONFIG`) of ``settings``."""
+    meta = folder / RUN_CONFIG
+    if not (meta.is_file() and (folder / "last.safetensors").is_file()):
+        return False
+    try:
+        return json.loads(meta.read_text())["settings"] == settings
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def default_train_stride(cfg: SpotConfig) -> int:
@@ -317,14 +356,19 @@ def run_direction(
     progress: bool = False,
     train_stride: int | None = None,
     context: tuple[int, ...] = (),
+    reuse: bool = False,
 ) -> dict:
-    """Train and evaluate one (direction, variant, seed). Returns mAPs (fractions), timing and split facts."""
+    """Train and evaluate one (direction, variant, seed). Returns mAPs (fractions), timing and split
+    facts. ``reuse``: see :func:`trained_direction` (``train_seconds`` is then the stored run's)."""
     t0 = time.perf_counter()
     model, mcfg, _, _, split = trained_direction(
         data_dir, direction, cfg=cfg, variant=variant, seed=seed, out_dir=out_dir, progress=progress,
-        train_stride=train_stride, context=context,
+        train_stride=train_stride, context=context, reuse=reuse,
     )  # fmt: skip
     t_train = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    if split.reused_model:  # the stored run's training time
+        t_train = json.loads((Path(out_dir) / RUN_CONFIG).read_text()).get("train_seconds", t_train)
     res = evaluate_split(model, split, mcfg)
     out = {
         "direction": direction,
@@ -334,7 +378,8 @@ def run_direction(
         "average_mAP": res["average_mAP"],
         "mAP": res["mAP"],
         "train_seconds": round(t_train, 1),
-        "eval_seconds": round(time.perf_counter() - t0 - t_train, 1),
+        "reused_model": split.reused_model,
+        "eval_seconds": round(time.perf_counter() - t1, 1),
         "labeled_pieces": len(split.labeled_pieces),
         "pieces": len(split.pieces),
         "labeled_seconds": split.labeled_seconds,

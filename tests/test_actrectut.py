@@ -180,3 +180,25 @@ def test_real_files_load_and_split(shared_data):
     assert isinstance(model, SPOT)
     res = evaluate_split(model, sp, mcfg)
     assert 0.0 <= res["average_mAP"] <= 1.0 and len(res["mAP"]) == 5
+
+
+def test_stored_runs_are_reused_only_with_the_same_training_settings(shared_data, tmp_path):
+    """trained_direction(reuse=True): a stored run of the same training settings is loaded (with the
+    caller's decode), any other setting retrains; ssl_results --models relies on this."""
+    from spot_core.actrectut import RUN_CONFIG, trained_direction
+
+    tiny = ["train.epochs=1", "train.steps_per_epoch=1", "model.num_layers=1", "model.hidden_dim=32"]
+    cfg = SpotConfig.preset("actrectut").override(tiny)
+    kw = dict(direction="1->2", variant="sup10", seed=0, out_dir=tmp_path, reuse=True)
+    m1, c1, *_, sp1 = trained_direction(shared_data / "actrectut", cfg=cfg, **kw)
+    assert not sp1.reused_model and (tmp_path / RUN_CONFIG).is_file()
+    first = (tmp_path / "last.safetensors").read_bytes()
+    m2, c2, *_, sp2 = trained_direction(
+        shared_data / "actrectut", cfg=cfg.override(["decode.mask_thresholds=[0.5]"]), **kw
+    )
+    assert sp2.reused_model and c2.decode.mask_thresholds == (0.5,) and c1.decode.mask_thresholds != (0.5,)
+    assert all(
+        torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True)
+    )
+    _, _, *_, sp3 = trained_direction(shared_data / "actrectut", cfg=cfg.override(["train.lr=0.002"]), **kw)
+    assert not sp3.reused_model and (tmp_path / "last.safetensors").read_bytes() != first
