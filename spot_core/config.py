@@ -635,7 +635,7 @@ def _actrectut() -> SpotConfig:
     sinusoidal position code, a conv classifier, SPOT's own mask head (``spot``: absolute columns,
     which the position code makes usable; it beat the ``pairwise`` head over 3 seeds), random crops
     (training stride 2), weight EMA, and every snippet's row decoded (``top_k = T``) into mask
-    proposals only. ``SPOT_ORIGINAL_ACTRECTUT`` restores the original model."""
+    proposals only, at one mask threshold (0.5). ``SPOT_ORIGINAL_ACTRECTUT`` restores the original model."""
     return SpotConfig(
         name="actrectut",
         model=ModelConfig(
@@ -670,10 +670,11 @@ def _actrectut() -> SpotConfig:
             ema_decay=0.99,
         ),
         semi=SemiConfig(pretrain_epochs=5, pretrain_steps_per_epoch=30),
-        # no class-activation proposals: chosen on held-out data of the training subject
-        # (python -m benchmarks.decode_choice; docs/results.md)
+        # no class-activation proposals, one mask threshold 0.5: chosen on held-out data of the
+        # training subject (python -m benchmarks.decode_choice; docs/results.md)
         decode=DecodeConfig(
             top_k=128,
+            mask_thresholds=(0.5,),
             class_thresholds=(),
             class_mode="snippet",
             mask_segment="anchored",
@@ -698,6 +699,7 @@ SPOT_ORIGINAL_ACTRECTUT = (
     "train.ema_decay=null",
     "decode.top_k=10",
     "decode.class_thresholds=[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9]",
+    "decode.mask_thresholds=[0.0,0.2,0.4,0.6,0.8]",
     "semi.pretrain_steps_per_epoch=null",
 )
 

@@ -194,9 +194,9 @@ def test_stored_runs_are_reused_only_with_the_same_training_settings(shared_data
     assert not sp1.reused_model and (tmp_path / RUN_CONFIG).is_file()
     first = (tmp_path / "last.safetensors").read_bytes()
     m2, c2, *_, sp2 = trained_direction(
-        shared_data / "actrectut", cfg=cfg.override(["decode.mask_thresholds=[0.5]"]), **kw
+        shared_data / "actrectut", cfg=cfg.override(["decode.mask_thresholds=[0.3]"]), **kw
     )
-    assert sp2.reused_model and c2.decode.mask_thresholds == (0.5,) and c1.decode.mask_thresholds != (0.5,)
+    assert sp2.reused_model and c2.decode.mask_thresholds == (0.3,) and c1.decode.mask_thresholds == (0.5,)
     assert all(
         torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True)
     )
