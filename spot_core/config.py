@@ -161,6 +161,9 @@ class SemiConfig:
     # "corrupted": targets from the clean input, loss on the reconstruction's corrupted input
     # (augmentation consistency as in FixMatch; docs/deviations.md)
     pseudo_view: str = "corrupted"
+    # where the pseudo-label targets come from: "self" (the model's own forward, in training mode:
+    # the original) or "ema" (the weight average of train.ema_decay, eval mode: a mean teacher)
+    teacher: str = "self"
     unlabeled_weight: float = 1.0
     recon_weight: float = 0.1
     recon_drop: float = 0.2
@@ -521,6 +524,10 @@ def validate(cfg: SpotConfig) -> None:
         raise ConfigError(f"data.train_stride must be >= 1 or null, got {dc.train_stride}")
     _validate_backbone(m)
     _validate_semi(cfg.semi)
+    if cfg.semi.teacher not in ("self", "ema"):
+        raise ConfigError(f"semi.teacher must be 'self' or 'ema', got {cfg.semi.teacher!r}")
+    if cfg.semi.teacher == "ema" and cfg.train.ema_decay is None:
+        raise ConfigError("semi.teacher: ema needs train.ema_decay (the weight average is the teacher)")
     if cfg.semi.self_train_rounds and cfg.data.mode != "window":
         raise ConfigError("semi.self_train_rounds needs data.mode: window (streams)")
     if cfg.class_names and len(cfg.class_names) != m.num_classes:

@@ -121,7 +121,7 @@ _ADDED_LATER = {
     "data": ("train_stride",),
     "train": ("ema_decay", "optimizer", "time_warp"),
     "loss": ("label_smoothing",),
-    "semi": ("pretrain_steps_per_epoch", "self_train_rounds", "self_train_score"),
+    "semi": ("pretrain_steps_per_epoch", "self_train_rounds", "self_train_score", "teacher"),
     "decode": ("stitch",),
 }  # fmt: skip
 
@@ -351,8 +351,12 @@ def semi_step(
     cfg: SpotConfig,
     gen: torch.Generator,
     ramp: float = 1.0,
+    teacher: torch.nn.Module | None = None,
 ) -> dict[str, torch.Tensor]:
     """Stage-2 losses of a labelled and an unlabelled batch (tensors already on the device).
+
+    ``teacher`` (``semi.teacher: ema``: the weight average, eval mode) gives the pseudo-label
+    targets of the unlabelled batch; None: the model's own forward on the clean input (the original).
 
     total = supervised(lab) + ramp * unlabeled_weight * pseudo-label loss(unl)
             + recon_weight * (recon(lab) + recon(unl)) + ramp * refine_weight * (refine(lab) + refine(unl))
@@ -369,11 +373,19 @@ def semi_step(
     sup = supervised_loss(out_l, lab["cls_target"], lab["mask_target"], vl, cfg.loss)
     x_all = torch.cat([xl, xu], 0)
     emb = model.embed(drop_input(x_all, sc.recon_drop, sc.recon_drop_mode, gen))
+    if teacher is not None:
+        with torch.no_grad():
+            lg_t, mk_t = teacher(xu)
+        src = {"logits": lg_t.detach(), "mask": mk_t.detach()}
+    else:
+        src = out_u
     if sc.pseudo_view == "corrupted":
         lg_c, mk_c = model.heads(emb[bl:])
         uns = unlabeled_loss(
-            {"logits": lg_c, "mask": mk_c}, vu, cfg.loss, sc.cls_threshold, sc.mask_threshold, teacher=out_u
+            {"logits": lg_c, "mask": mk_c}, vu, cfg.loss, sc.cls_threshold, sc.mask_threshold, teacher=src
         )
+    elif teacher is not None:
+        uns = unlabeled_loss(out_u, vu, cfg.loss, sc.cls_threshold, sc.mask_threshold, teacher=src)
     else:
         uns = unlabeled_loss(out_u, vu, cfg.loss, sc.cls_threshold, sc.mask_threshold)
     x_rec = model.reconstruct(emb)
@@ -454,9 +466,11 @@ def train_semi_one_epoch(
     epoch: int,
     gen: torch.Generator,
     progress: bool = True,
+    teacher: torch.nn.Module | None = None,
 ) -> dict[str, float]:
     """One stage-2 pass over the labelled windows; each step also takes the next unlabelled batch
-    (the unlabelled loader restarts when it runs out, as in the original). Mean of each loss term."""
+    (the unlabelled loader restarts when it runs out, as in the original). Mean of each loss term.
+    ``teacher``: see :func:`semi_step`."""
     unl_iter = _forever(unlabeled)
     warp = _warp_gen(cfg, epoch)
 
@@ -466,7 +480,7 @@ def train_semi_one_epoch(
         lab = {k: v.to(device) for k, v in batch.items()}
         unl = {k: v.to(device) for k, v in next(unl_iter).items()}
         with _autocast(cfg, device):
-            losses = semi_step(model, lab, unl, cfg, gen, rampup(epoch, cfg.semi.rampup_epochs))
+            losses = semi_step(model, lab, unl, cfg, gen, rampup(epoch, cfg.semi.rampup_epochs), teacher)
         return losses["loss"], losses
 
     return run_epoch(
@@ -897,6 +911,7 @@ def finetune_epoch(
             epoch=epoch,
             gen=aug,
             progress=progress,
+            teacher=run.ema.module if cfg.semi.teacher == "ema" and run.ema is not None else None,
         )
     return dc.mean(losses)
 

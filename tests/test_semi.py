@@ -486,3 +486,37 @@ def test_label_split_edge_cases_are_clear(data_dir, tmp_path, caplog):
             == 0
         )
     assert "have no labelled training snippet" in caplog.text
+
+
+def test_ema_teacher_gives_the_pseudo_labels(make_model):
+    """semi.teacher: ema: the unlabelled batch's targets come from the teacher given to semi_step (a
+    sure teacher keeps every snippet, an undecided one none); without a teacher, from the model."""
+    cfg = SpotConfig.preset("toy").override(["semi.teacher=ema", "train.ema_decay=0.9"])
+    model = make_model(cfg, 0).train()
+    b, c, t, k = 2, cfg.model.feat_dim, cfg.model.num_snippets, cfg.model.num_classes
+    x = torch.randn(b, c, t, generator=torch.Generator().manual_seed(0))
+    batch = {
+        "features": x,
+        "valid_mask": torch.ones(b, t, dtype=torch.bool),
+        "cls_target": torch.full((b, t), k),
+        "mask_target": torch.zeros(b, t, t),
+    }
+
+    class Teacher(torch.nn.Module):
+        def __init__(self, logit: float) -> None:
+            super().__init__()
+            self.logit = logit
+
+        def forward(self, xu):
+            logits = torch.zeros(xu.shape[0], k + 1, xu.shape[2])
+            logits[:, 0] = self.logit  # class 0 everywhere, sure (10) or undecided (0)
+            return logits, torch.zeros(xu.shape[0], xu.shape[2], xu.shape[2])
+
+    gen = torch.Generator().manual_seed(0)
+    sure = training_mod.semi_step(model, batch, batch, cfg, gen, teacher=Teacher(10.0))
+    unsure = training_mod.semi_step(model, batch, batch, cfg, gen, teacher=Teacher(0.0))
+    assert sure["u_confident"] == 1.0 and unsure["u_confident"] == 0.0
+    with pytest.raises(ConfigError, match="semi.teacher must be"):
+        SpotConfig.preset("toy").override(["semi.teacher=peer"])
+    with pytest.raises(ConfigError, match="needs train.ema_decay"):
+        SpotConfig.preset("toy").override(["semi.teacher=ema"])
