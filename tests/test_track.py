@@ -90,6 +90,29 @@ def test_baseline_is_same_machine_and_subset_else_another_machine(tmp_path):
     assert old.path.parent.parent.name == "cpu-b-1t" and old.commit == "b" * 40
 
 
+def test_ratios_use_best_rounds_when_recorded(tmp_path):
+    figs = _figures()
+    figs[("toy", "ours")]["best_ms_per_window"] = 2.0
+    figs[("toy", "original")]["best_ms_per_window"] = 30.0
+    figs[("toy", "stream")]["best_ms_per_window"] = 20.0
+    figs[("toy", "forward_b1")]["best_ms_per_window"] = 0.25
+    run = track.load_run(_run_file(tmp_path / "cpu-x-1t", 1, "a" * 40, "2026-12-01T10:00:00", figs))
+    assert run.rows["toy/speedup_vs_original"] == pytest.approx(15.0)  # not the medians' 12
+    assert run.rows["toy/stream_overhead"] == pytest.approx(80.0)
+    assert run.rows["toy/bf16_speedup"] == pytest.approx(0.4 / 0.15)  # no best recorded: medians
+
+
+def test_other_machine_speed_is_shown_not_gated_accuracy_is(tmp_path, capsys):
+    _run_file(tmp_path / "cpu-a-1t", 1, "a" * 40, "2026-12-01T10:00:00", _figures())
+    _run_file(tmp_path / "cpu-b-1t", 1, "b" * 40, "2026-12-01T11:00:00", _figures(ours=100.0))  # 3x slower
+    assert track.main(["--compare", "--storage", str(tmp_path)]) == 0
+    assert "not gated (other machine)" in capsys.readouterr().out
+    _run_file(tmp_path / "cpu-b-1t", 2, "c" * 40, "2026-12-01T12:00:00", _figures(mAP=30.0))
+    _run_file(tmp_path / "cpu-c-1t", 1, "d" * 40, "2026-12-01T13:00:00", _figures(mAP=20.0))
+    assert track.main(["--compare", "--storage", str(tmp_path)]) == 1
+    assert "regression in toy/map" in capsys.readouterr().err
+
+
 def test_gpu_reports_join_the_history_and_the_chart(tmp_path):
     rep = {
         "started_utc": "2026-11-26T10:48:19Z",
