@@ -48,6 +48,8 @@ from spot_core.cli import reports_errors
 from spot_core.outputs import write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
+
 SECTIONS = (
     "environment", "ceilings", "gpu_tests", "step4", "nms", "whole_path", "achieved", "whole_path_actrectut",
     "streaming", "sanitizer", "verify", "nms_compiled",
@@ -641,6 +643,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sections", help=f"comma-separated subset of: {', '.join(SECTIONS)}")
     ap.add_argument("--batches", help="comma-separated batch sizes (default 1,64,1024)")
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, reference backends")
+    ap.add_argument(
+        "--history",
+        type=Path,
+        default=None,
+        help="append the report to this tracking history (benchmarks.track; default: "
+        "benchmarks/history on a GPU, none in a dry run)",
+    )
     args = ap.parse_args(argv)
     dry = args.dry_run
     if not dry and not torch.cuda.is_available():
@@ -690,7 +699,23 @@ def main(argv: list[str] | None = None) -> int:
     write_text_atomic(rep.path, json.dumps(rep.data, indent=1, default=str))
     print(table)
     print(f"report: {rep.path}")
+    history = args.history if args.history is not None or dry else REPO / "benchmarks" / "history"
+    if history is not None:  # the same history as the CPU runs (python -m benchmarks.track --png)
+        from benchmarks.track import import_gpu
+
+        print(f"tracked: {import_gpu(rep.path, history, commit=_head_commit())}")
     return 0
+
+
+def _head_commit() -> str | None:
+    """The checkout's commit (None where there is no git: import_gpu then asks git about the file)."""
+    try:
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return res.stdout.strip() or None if res.returncode == 0 else None
 
 
 if __name__ == "__main__":

@@ -407,14 +407,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     if args.compare:
         runs = history(args.storage)
-        cand = [r for r in runs if r.kind == "cpu" and (newest is None or r.path == newest)]
-        if not cand:
+        if newest is not None:  # the run just made
+            news = [r for r in runs if r.path == newest]
+        else:  # the newest CPU run and the newest GPU run
+            news = [k[-1] for k in ([r for r in runs if r.kind == kind] for kind in ("cpu", "gpu")) if k]
+        if not news:
             raise TrackError(f"no run to compare under {args.storage}")
-        new = cand[-1]
-        old, why = baseline_for(new, runs)
-        if old is None:
-            print(f"{new.path.name}: {why}; nothing to compare (this run is the baseline of the next one)")
-        else:
+        for new in news:
+            old, why = baseline_for(new, runs)
+            if old is None:
+                print(
+                    f"{new.path.name}: {why}; nothing to compare (this run is the baseline of the next one)"
+                )
+                continue
             rows = compare(new, old)
             print(format_compare(rows, new, old, why))
             bad = [r for r in rows if not r["ok"]]
@@ -424,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"error: regression in {r['row']}: {r['old']:.3f} -> {r['new']:.3f} ({ch})",
                     file=sys.stderr,
                 )
-            status = 1 if bad else 0
+            status = 1 if bad else status
     if args.png:
         print(f"trend chart: {plot_trend(history(args.storage), args.png)}")
     return status
