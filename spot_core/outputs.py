@@ -66,6 +66,7 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600; an output gets what open() would give
         os.replace(tmp, path)
     except OSError as e:  # a full disk, a quota, an I/O error: name the output, not the temporary
         Path(tmp).unlink(missing_ok=True)
@@ -74,6 +75,18 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _mode_for(path: Path) -> int:
+    """The permission bits of the file ``path`` replaces, else ``0o666`` less the umask."""
+    try:
+        if path.is_file() and not path.is_symlink():
+            return path.stat().st_mode & 0o777
+    except OSError:
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

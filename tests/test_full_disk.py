@@ -81,3 +81,20 @@ def test_training_on_a_full_disk_leaves_no_partial_checkpoint(toy_files, tmp_pat
     left = sorted(p.name for p in run.rglob("*")) if run.exists() else []
     assert not [n for n in left if n.endswith(".tmp")], left
     assert "last.safetensors" not in left  # no checkpoint that was not completely written
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    """mkstemp creates 0600 files; an output gets 0666 less the umask, or the mode it replaces."""
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        new = outputs.write_text_atomic(tmp_path / "new.json", "{}")
+        assert stat.S_IMODE(new.stat().st_mode) == 0o644
+        kept = tmp_path / "kept.json"
+        kept.write_text("x")
+        kept.chmod(0o640)
+        outputs.write_text_atomic(kept, "{}")
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
