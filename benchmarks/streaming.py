@@ -52,6 +52,34 @@ from spot_core.outputs import write_text_atomic
 BACKENDS = tuple(b for b in ALL_BACKENDS if b != "tensorrt")  # what runs without a GPU engine
 
 
+def live_window_pusher(model: SPOT, cfg: SpotConfig, pool: np.ndarray, rate: float = 2.0, wrap=None):
+    """One live stream on a batch-1 eager :class:`StreamDetector`, fed from ``pool`` ``[N, C]`` (in
+    a loop): ``(setup, one)``. ``setup()`` feeds up to one snippet short of the next window;
+    ``one()`` pushes the snippet that completes it and returns how many windows ran (1): the
+    per-window latency of a live stream. ``wrap(push)`` may wrap that last push (e.g. a delay)."""
+    T = cfg.model.num_snippets
+    S = cfg.data.stride or T // 2
+    det = StreamDetector(EagerSession(model, cfg, batch_size=1), snippet_rate=rate)
+    det.open("live")
+    state = {"pos": 0}
+    last_push = wrap(det.push) if wrap else det.push
+
+    def feed(n: int, push=det.push) -> None:
+        idx = (state["pos"] + np.arange(n)) % len(pool)
+        push("live", pool[idx])
+        state["pos"] += n
+
+    def setup() -> None:
+        feed(T + det.windows_run * S - 1 - state["pos"])
+
+    def one() -> int:
+        before = det.windows_run
+        feed(1, last_push)
+        return det.windows_run - before
+
+    return setup, one
+
+
 def random_model(preset: str = "anet", seed: int = 0, cls_scale: float = 5.0) -> tuple[SPOT, SpotConfig]:
     """Seeded random SPOT in eval mode; the classifier scaled so that proposals fire (as trained)."""
     cfg = SpotConfig.preset(preset)

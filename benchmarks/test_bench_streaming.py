@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.streaming import random_model
+from benchmarks.streaming import live_window_pusher, random_model
 from runtime.detector import StreamDetector
 from runtime.session import EagerSession
 
@@ -44,24 +44,12 @@ def _rates(benchmark, windows: int, snippets: int) -> None:
 
 def test_live_stream_window_latency(benchmark, anet):
     model, cfg, pool = anet
-    T, S = cfg.model.num_snippets, cfg.data.stride
-    det = StreamDetector(EagerSession(model, cfg, batch_size=1), snippet_rate=RATE)
-    det.open("live")
-    state = {"pos": 0}
-
-    def feed(n: int) -> None:
-        idx = (state["pos"] + np.arange(n)) % len(pool)
-        det.push("live", pool[idx])
-        state["pos"] += n
+    S = cfg.data.stride
+    setup_feed, one = live_window_pusher(model, cfg, pool, RATE)
 
     def setup():  # stop one snippet short of the next window
-        feed(T + det.windows_run * S - 1 - state["pos"])
+        setup_feed()
         return (), {}
-
-    def one():
-        before = det.windows_run
-        feed(1)
-        return det.windows_run - before
 
     ran = benchmark.pedantic(one, setup=setup, rounds=20, iterations=1, warmup_rounds=2)
     assert ran == 1

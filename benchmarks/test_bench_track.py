@@ -47,7 +47,11 @@ SUBSET = os.environ.get("SPOT_TRACK_SUBSET", "full")
 CHECKPOINT = os.environ.get("SPOT_TRACK_CHECKPOINT") or None
 PRESETS = ["checkpoint"] if CHECKPOINT else (["toy"] if SUBSET == "ci" else ["toy", "anet", "actrectut"])
 BATCH = 16 if SUBSET == "ci" else 64
-ROUNDS = {"ci": (7, 3), "full": (20, 5)}[SUBSET if SUBSET in ("ci", "full") else "full"]  # batch 1, batch B
+# rounds per figure: the cheap forwards get many (their ratio is the noisiest), the whole paths few
+ROUNDS = {
+    "ci": {"original": 7, "ours": 5, "forward": 25, "forward_b1": 25, "stream": 15},
+    "full": {"original": 20, "ours": 7, "forward": 40, "forward_b1": 40, "stream": 30},
+}[SUBSET if SUBSET in ("ci", "full") else "full"]
 
 
 def _slow(figure: str) -> float:
@@ -132,7 +136,7 @@ def test_original(benchmark, bench):
         w = next(windows)
         return fn(bench.model, w.video_id, w.features_ct(), bench.cfg)
 
-    out = benchmark.pedantic(one, rounds=ROUNDS[0], iterations=1, warmup_rounds=2)
+    out = benchmark.pedantic(one, rounds=ROUNDS["original"], iterations=1, warmup_rounds=2)
     assert isinstance(out, list)
     _record(benchmark, bench, "original", 1)
 
@@ -141,7 +145,7 @@ def test_ours(benchmark, bench):
     fn = _slowed("ours", predict_windows)
     out = benchmark.pedantic(
         lambda: fn(bench.model, bench.windows, bench.cfg, batch_size=BATCH),
-        rounds=ROUNDS[1], iterations=1, warmup_rounds=1,
+        rounds=ROUNDS["ours"], iterations=1, warmup_rounds=1,
     )  # fmt: skip
     assert len(out["results"]) == BATCH
     _record(benchmark, bench, "ours", BATCH)
@@ -151,7 +155,7 @@ def test_ours(benchmark, bench):
 def test_forward_fp32(benchmark, bench):
     fn = _slowed("forward_fp32", bench.model)
     logits, _ = benchmark.pedantic(
-        fn, args=(bench.features,), rounds=ROUNDS[1], iterations=1, warmup_rounds=1
+        fn, args=(bench.features,), rounds=ROUNDS["forward"], iterations=1, warmup_rounds=3
     )
     assert logits.shape[0] == BATCH
     _record(benchmark, bench, "forward_fp32", BATCH)
@@ -174,7 +178,7 @@ def test_forward_bf16(benchmark, bench):
     model, path = _bf16(bench)
     fn = _slowed("forward_bf16", model)
     logits, _ = benchmark.pedantic(
-        fn, args=(bench.features,), rounds=ROUNDS[1], iterations=1, warmup_rounds=1
+        fn, args=(bench.features,), rounds=ROUNDS["forward"], iterations=1, warmup_rounds=3
     )
     assert logits.shape[0] == BATCH
     _record(benchmark, bench, "forward_bf16", BATCH, bf16_path=path)
@@ -184,40 +188,85 @@ def test_forward_bf16(benchmark, bench):
 def test_forward_b1(benchmark, bench):
     fn = _slowed("forward_b1", bench.model)
     x = bench.features[:1]
-    benchmark.pedantic(fn, args=(x,), rounds=ROUNDS[0], iterations=1, warmup_rounds=2)
+    benchmark.pedantic(fn, args=(x,), rounds=ROUNDS["forward_b1"], iterations=1, warmup_rounds=3)
     _record(benchmark, bench, "forward_b1", 1)
 
 
 def test_stream(benchmark, bench):
-    from runtime.detector import StreamDetector
-    from runtime.session import EagerSession
+    setup, one = _stream_pusher(bench, lambda fn: _slowed("stream", fn))
 
-    cfg = bench.cfg
-    T = cfg.model.num_snippets
-    S = cfg.data.stride or T // 2
-    pool = bench.features.permute(0, 2, 1).reshape(-1, cfg.model.feat_dim).numpy()
-    det = StreamDetector(EagerSession(bench.model, cfg, batch_size=1), snippet_rate=2.0)
-    det.open("live")
-    state = {"pos": 0}
-    push = _slowed("stream", det.push)
-
-    def feed(n: int, fn=det.push) -> None:
-        idx = (state["pos"] + np.arange(n)) % len(pool)
-        fn("live", pool[idx])
-        state["pos"] += n
-
-    def setup():  # stop one snippet short of the next window
-        feed(T + det.windows_run * S - 1 - state["pos"])
+    def setup_args():
+        setup()
         return (), {}
 
-    def one():
-        before = det.windows_run
-        feed(1, push)
-        return det.windows_run - before
-
-    ran = benchmark.pedantic(one, setup=setup, rounds=ROUNDS[0], iterations=1, warmup_rounds=2)
+    ran = benchmark.pedantic(one, setup=setup_args, rounds=ROUNDS["stream"], iterations=1, warmup_rounds=2)
     assert ran == 1
     _record(benchmark, bench, "stream", 1)
+
+
+def _stream_pusher(bench: Bench, wrap=None):
+    """:func:`benchmarks.streaming.live_window_pusher` over ``bench``'s features."""
+    from benchmarks.streaming import live_window_pusher
+
+    pool = bench.features.permute(0, 2, 1).reshape(-1, bench.cfg.model.feat_dim).numpy()
+    return live_window_pusher(bench.model, bench.cfg, pool, 2.0, wrap)
+
+
+def _interleaved(slow, fast, rounds: int, setup=None, warmup: int = 2) -> list[float]:
+    """Per round, time ``slow()`` then ``fast()`` back to back; the ratios slow / fast. A change of
+    the machine's load between rounds moves both timings of a round alike."""
+    ratios = []
+    for i in range(warmup + rounds):
+        if setup:
+            setup()
+        t0 = time.perf_counter()
+        slow()
+        t1 = time.perf_counter()
+        if setup:
+            setup()
+        t2 = time.perf_counter()
+        fast()
+        t3 = time.perf_counter()
+        if i >= warmup:
+            ratios.append((t1 - t0) / (t3 - t2))
+    return ratios
+
+
+@torch.no_grad()
+def test_ratios(benchmark, bench):
+    """The gate's speed ratios, each from interleaved rounds (median of the per-round ratios):
+    original / ours per window, fp32 / bf16 forward, streamed window / one window's forward."""
+    orig = _slowed("original", original_detect_video)
+    ours = _slowed("ours", predict_windows)
+    f32 = _slowed("forward_fp32", bench.model)
+    bf16_model, bf16_path = _bf16(bench)
+    b16 = _slowed("forward_bf16", bf16_model)
+    b1 = _slowed("forward_b1", bench.model)
+    windows = itertools.cycle(bench.windows)
+    x, x1 = bench.features, bench.features[:1]
+    st_setup, st_one = _stream_pusher(bench, lambda fn: _slowed("stream", fn))
+    n = len(bench.windows)
+
+    def one_video():
+        w = next(windows)
+        orig(bench.model, w.video_id, w.features_ct(), bench.cfg)
+
+    def measure() -> dict[str, float]:
+        sp = _interleaved(
+            lambda: [one_video() for _ in range(n)],
+            lambda: ours(bench.model, bench.windows, bench.cfg, batch_size=n),
+            ROUNDS["ours"],
+        )  # noqa: E501
+        bf = _interleaved(lambda: f32(x), lambda: b16(x), ROUNDS["forward"], warmup=3)
+        so = _interleaved(st_one, lambda: b1(x1), ROUNDS["stream"], setup=st_setup)
+        return {"speedup_vs_original": statistics.median(sp), "bf16_speedup": statistics.median(bf),
+                "stream_overhead": statistics.median(so)}  # fmt: skip
+
+    ratios = benchmark.pedantic(measure, rounds=1, iterations=1)
+    assert all(v > 0 for v in ratios.values())
+    benchmark.extra_info.update(
+        {"preset": _name(bench), "figure": "ratios", "bf16_path": bf16_path, **ratios}
+    )
 
 
 def test_accuracy(benchmark, bench, tmp_path):

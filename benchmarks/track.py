@@ -65,12 +65,18 @@ class Row:
     what: str
 
 
-#: Tolerances: from the measured spread (benchmarks/results/track_spread_*.json, docs/tracking.md):
-#: about 3x the largest deviation from the median seen over repeated runs on a loaded 2-core machine.
+#: Tolerances, from the measured run-to-run spread (``--spread 5 --subset ci``,
+#: benchmarks/results/track_spread_*.json; docs/tracking.md): the speed ratios come from interleaved
+#: rounds (test_ratios), whose largest deviation from the median over 5 runs was 4.5 % (bf16),
+#: 11.5 % (speedup) and 9.8 % (stream) with a training run on the machine's other core; each
+#: tolerance is about 3x that. The accuracy rows are deterministic on one machine (deviation 0);
+#: their tolerances allow another CPU's float rounding.
 ROWS: dict[str, Row] = {
-    "speedup_vs_original": Row("higher", 0.30, True, "our offline path / the original pipeline, videos/s"),
-    "bf16_speedup": Row("higher", 0.30, True, "fp32 forward time / bf16 forward time, batch B"),
-    "stream_overhead": Row("lower", 0.40, True, "streamed window latency (p50) / one window's forward"),
+    "speedup_vs_original": Row(
+        "higher", 0.30, True, "the original pipeline's time / our offline path's, per window"
+    ),
+    "bf16_speedup": Row("higher", 0.15, True, "fp32 forward time / bf16 edge forward time, batch B"),
+    "stream_overhead": Row("lower", 0.30, True, "streamed window's push / one window's forward, batch 1"),
     "map": Row("higher", 0.5, False, "embedded data, supervised, average mAP (points)"),
     "edge_map_cost": Row("lower", 0.3, False, "fp32 mAP - bf16 edge mAP (points)"),
     "fused_vs_reference": Row("higher", 0.30, True, "GPU whole path: fused / model + reference decode"),
@@ -122,9 +128,15 @@ def cpu_rows(extra: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[st
         return a / b if a and b else None
 
     for p in sorted({k[0] for k in by}):
+        interleaved = by.get((p, "ratios")) or {}  # test_ratios: medians of interleaved rounds (preferred)
+        for name in ("speedup_vs_original", "bf16_speedup", "stream_overhead"):
+            if interleaved.get(name):
+                rows[f"{p}/{name}"] = float(interleaved[name])
         ours, orig = _get(by, p, "ours", "windows_per_s"), _get(by, p, "original", "windows_per_s")
         best = ratio(p, "original", "ours", "")
-        if best is not None:
+        if f"{p}/speedup_vs_original" in rows:
+            pass
+        elif best is not None:
             rows[f"{p}/speedup_vs_original"] = best
         elif ours and orig:
             rows[f"{p}/speedup_vs_original"] = ours / orig
@@ -133,7 +145,7 @@ def cpu_rows(extra: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[st
             ("stream_overhead", "stream", "forward_b1", "p50_ms"),
         ):
             v = ratio(p, slow, fast, key)
-            if v is not None:
+            if v is not None and f"{p}/{name}" not in rows:
                 rows[f"{p}/{name}"] = v
         acc = by.get((p, "accuracy"))
         if acc:
