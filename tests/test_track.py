@@ -156,3 +156,18 @@ def test_injected_sleep_in_the_real_suite_fails_the_gate(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error: regression in toy/speedup_vs_original" in err
     assert err.count("error: regression") == 1, err
+
+
+def test_gpu_check_appends_to_the_history(tmp_path, capsys):
+    """benchmarks.gpu_check (a dry run on the CPU, one section) appends its report to --history."""
+    from benchmarks import gpu_check
+
+    hist = tmp_path / "history"
+    argv = ["--dry-run", "--out", str(tmp_path / "out"), "--sections", "environment", "--no-compile"]
+    assert gpu_check.main([*argv, "--history", str(hist)]) == 0
+    (entry,) = hist.glob("gpu-*/*.json")
+    run = track.load_run(entry)
+    assert run.kind == "gpu" and run.subset == "gpu"
+    assert "tracked:" in capsys.readouterr().out
+    assert gpu_check.main(argv) == 0  # a dry run without --history appends nowhere
+    assert len(list(hist.glob("gpu-*/*.json"))) == 1
