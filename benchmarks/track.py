@@ -88,11 +88,31 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def cpu_isa() -> str:
+    """The CPU's widest matrix / vector feature that changes our speed ratios (``amx``,
+    ``avx512bf16``, ``avx512``, ``avx2``, ``base``): virtual machines often report only a family
+    name ("AMD EPYC"), and a bf16 speedup differs between CPUs with and without native bf16."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "base"
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
+    for flag, name in (
+        ("amx_bf16", "amx"),
+        ("avx512_bf16", "avx512bf16"),
+        ("avx512f", "avx512"),
+        ("avx2", "avx2"),
+    ):
+        if flag in flags:
+            return name
+    return "base"
+
+
 def machine_name(threads: int = 1) -> str:
-    """``cpu-<cpu model>-<threads>t``: the history folder of this machine."""
+    """``cpu-<cpu model>-<isa>-<threads>t``: the history folder of this machine."""
     from benchmarks.common import cpu_model
 
-    return f"cpu-{_slug(cpu_model())}-{threads}t"
+    return f"cpu-{_slug(cpu_model())}-{cpu_isa()}-{threads}t"
 
 
 # ---------------------------------------------------------------------------------------- runs
