@@ -237,8 +237,11 @@ def test_failed_write_keeps_the_old_checkpoint_and_no_tmp(run2, tmp_path, monkey
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt_mod, "save_file", half_then_die)
-    with pytest.raises(OSError, match="disk full"):
+    from spot_core.outputs import OutputError
+
+    with pytest.raises(OutputError, match=r"last\.safetensors: could not be written \(disk full\)") as err:
         ckpt_mod.save_model(target, model, cfg, epoch=9)
+    assert isinstance(err.value.__cause__, OSError)  # the write's own error stays chained
     assert target.read_bytes() == original
     assert os.listdir(tmp_path) == ["last.safetensors"]
 
