@@ -3,6 +3,8 @@
     python -m benchmarks.streaming [--backends eager,compile,edge,onnxruntime] [--device cpu] \\
         [--streams 1,64,1024] [--preset anet] [--json benchmarks/results/streaming_cpu.json]
     python -m benchmarks.streaming memory --hours 1 10 [--preset anet] [--rate 2]
+    python -m benchmarks.streaming serve [--backend fused] [--device cuda] [--streams 1,16,64,256] \\
+        [--buckets 1,8,64] [--precision bf16] [--max-delay-ms 5] [--json FILE]
     python -m benchmarks.streaming actrectut [--data ../shared/data/actrectut] [--set K=V ...]
 
 Random weights (seeded, classifier scaled x5 so a full set of detections comes out of every
@@ -17,6 +19,9 @@ window, as from a trained model) and random features: the numbers measure speed 
   ``min(batch_size, N)`` windows (padded, batch-invariant); latency budget 1 s (a synchronous
   round-robin driver fills batches long before that). Reported: windows/s, snippets/s and
   stream-hours/s at ``rate`` snippets per second.
+- **serve** (``serve`` subcommand, :func:`serve`): N streams served by one session (the fused one
+  by default) under a latency budget: windows/s and each window's latency p50 / p99, and whether
+  sampled streams' outputs equal the stream run alone.
 - **memory** (``memory`` subcommand): one stream of H hours at ``rate`` snippets/s, pushed in
   chunks of 64 snippets through a batch-1 session, each H in a fresh process; peak RSS
   (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and the bytes of stored per-window detections.
@@ -47,9 +52,10 @@ from runtime.session import CompiledSession, EagerSession, EdgeSession, OnnxSess
 from spot_core.cli import reports_errors
 from spot_core.config import SpotConfig
 from spot_core.model import SPOT
-from spot_core.outputs import write_text_atomic
+from spot_core.outputs import check_output, write_text_atomic
 
-BACKENDS = tuple(b for b in ALL_BACKENDS if b != "tensorrt")  # what runs without a GPU engine
+# what runs without a GPU engine, plus the fused session (runtime.fused)
+BACKENDS = (*(b for b in ALL_BACKENDS if b != "tensorrt"), "fused")
 
 
 def live_window_pusher(model: SPOT, cfg: SpotConfig, pool: np.ndarray, rate: float = 2.0, wrap=None):
@@ -99,8 +105,17 @@ def make_session(
     device: str = "cpu",
     batch_size: int = 64,
     workdir: str | Path | None = None,
+    buckets: str | Sequence[int] | None = None,
+    precision: str = "fp32",
 ) -> Session:
-    """A padded session of ``backend`` on ``device`` (onnxruntime exports the model to ``workdir`` first)."""
+    """A padded session of ``backend`` on ``device`` (onnxruntime exports the model to ``workdir``
+    first; ``buckets`` and ``precision`` are the fused session's)."""
+    if backend == "fused":
+        from runtime.fused import FusedSession
+
+        return FusedSession(
+            model, cfg, device=device, batch_size=batch_size, buckets=buckets, precision=precision
+        )
     if backend == "eager":
         return EagerSession(model, cfg, device=device, batch_size=batch_size)
     if backend == "compile":
@@ -203,6 +218,88 @@ def throughput(
         "stream_hours_per_s": snippets / rate / 3600 / dt,
         "final_detections": n_final,
     }
+
+
+def _pct(samples: Sequence[float], q: float) -> float:
+    """The q-th quantile (0..1) of sorted ``samples``, nearest rank."""
+    return samples[min(len(samples) - 1, max(0, math.ceil(q * len(samples)) - 1))]
+
+
+def serve(
+    session: Session,
+    streams: int,
+    *,
+    windows_per_stream: int = 8,
+    max_delay_s: float = 0.005,
+    rate: float = 4.0,
+    check_exact: int = 0,
+    reference: Session | None = None,
+) -> dict[str, Any]:
+    """Many streams served by one session: ``streams`` streams open at once, pushed round robin in
+    chunks of S snippets as fast as the loop runs, each push followed by the scheduler's ``poll``
+    (a partial batch runs once its oldest window waited ``max_delay_s``), so every model call takes
+    windows of many streams, padded to the session's bucket. Reported: windows/s and each window's
+    latency (from the push that completed it to its decoded detections) p50 / p99 in ms.
+
+    ``check_exact``: that many streams (spread over the set) are also run alone through
+    :func:`runtime.offline.offline_detect` on ``reference`` (default: ``session``), and their served
+    final outputs compared with those, entry for entry (``exact_streams``: how many were identical).
+    """
+    from runtime.offline import offline_detect
+
+    cfg = session.cfg
+    T, S, C = cfg.model.num_snippets, cfg.data.stride, cfg.model.feat_dim
+    length = T + (windows_per_stream - 1) * S
+    rng = np.random.default_rng(3)
+    pool = rng.standard_normal((length + 997, C), dtype=np.float32)
+    det = StreamDetector(
+        session, snippet_rate=rate, max_delay_s=max_delay_s, preview=False, record_latency=True
+    )
+    ids = [f"s{i}" for i in range(streams)]
+    offsets = [(i * 7919) % (pool.shape[0] - length + 1) for i in range(streams)]
+    for sid in ids:
+        det.open(sid)
+    _sync(str(session.device))
+    calls0 = session.model_calls
+    t0 = time.perf_counter()
+    pos, first = 0, True
+    while pos < length:
+        step = T if first else S
+        for sid, off in zip(ids, offsets, strict=True):
+            det.push(sid, pool[off + pos : off + min(pos + step, length)])
+            det.poll()
+        pos += step
+        first = False
+    det.flush()
+    _sync(str(session.device))
+    dt = time.perf_counter() - t0
+    finals = {sid: det.close_json(sid)[0] for sid in ids}
+    lat = sorted(det.window_latencies)
+    out: dict[str, Any] = {
+        "streams": streams,
+        "batch_size": session.batch_size,
+        "buckets": list(getattr(session, "buckets", [session.batch_size])),
+        "max_delay_ms": 1e3 * max_delay_s,
+        "model_calls": session.model_calls - calls0,
+        "windows": det.windows_run,
+        "seconds": dt,
+        "windows_per_s": det.windows_run / dt,
+        "latency_p50_ms": 1e3 * _pct(lat, 0.5),
+        "latency_p99_ms": 1e3 * _pct(lat, 0.99),
+    }
+    if check_exact:
+        ref = reference or session
+        picks = sorted(
+            {round(i * (streams - 1) / max(1, check_exact - 1)) for i in range(min(check_exact, streams))}
+        )
+        same = 0
+        for i in picks:
+            alone = offline_detect(
+                ref, pool[offsets[i] : offsets[i] + length], snippet_rate=rate, video_id=ids[i]
+            )
+            same += alone["results"][ids[i]] == finals[ids[i]]
+        out["exact_checked"], out["exact_streams"] = len(picks), same
+    return out
 
 
 def stream_benchmark(
@@ -363,6 +460,100 @@ def format_table(reports: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def serve_table(rows: Sequence[dict]) -> str:
+    lines = [
+        "| streams | buckets | max delay ms | windows | model calls | windows/s | p50 ms/window "
+        "| p99 ms/window | exact streams |"
+    ]
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        exact = f"{r['exact_streams']} / {r['exact_checked']}" if "exact_checked" in r else "-"
+        lines.append(
+            f"| {r['streams']} | {','.join(map(str, r['buckets']))} | {r['max_delay_ms']:g} | "
+            f"{r['windows']} | "
+            f"{r['model_calls']} | {r['windows_per_s']:.0f} | {r['latency_p50_ms']:.2f} | "
+            f"{r['latency_p99_ms']:.2f} | {exact} |"
+        )
+    return "\n".join(lines)
+
+
+def serve_benchmark(
+    backend: str = "fused",
+    device: str = "cpu",
+    streams: Sequence[int] = (1, 16, 64, 256),
+    *,
+    preset: str = "actrectut",
+    batch_size: int = 256,
+    buckets: str | None = None,
+    precision: str = "fp32",
+    max_delay_s: float = 0.005,
+    windows_per_stream: int = 8,
+    check_exact: int = 4,
+    threads: int | None = 1,
+) -> dict[str, Any]:
+    """:func:`serve` for each number of streams, after a warm-up run, on one session of
+    ``backend``; exactness checked against each stream run alone through the same session."""
+    if threads is not None and torch.device(device).type == "cpu":
+        torch.set_num_threads(threads)
+    model, cfg = random_model(preset)
+    sess = make_session(
+        backend,
+        model.to(device),
+        cfg,
+        device=device,
+        batch_size=batch_size,
+        buckets=buckets,
+        precision=precision,
+    )
+    serve(sess, min(2, max(streams)), windows_per_stream=2, max_delay_s=max_delay_s)  # warm-up
+    rows = [
+        serve(
+            sess, n, windows_per_stream=windows_per_stream, max_delay_s=max_delay_s, check_exact=check_exact
+        )
+        for n in streams
+    ]
+    return {"backend": backend, "device": device, "preset": preset, "precision": precision, "rows": rows}
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    """``python -m benchmarks.streaming serve``: :func:`serve_benchmark`, a table and a JSON report."""
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.streaming serve", description=serve.__doc__)
+    ap.add_argument("--backend", default="fused", choices=BACKENDS)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--streams", default="1,16,64,256", help="numbers of concurrent streams (default 1,16,64,256)"
+    )
+    ap.add_argument("--preset", default="actrectut")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--buckets", help="fused backend: batch buckets below --batch-size, e.g. 1,8,64")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    ap.add_argument("--max-delay-ms", type=float, default=5.0, help="latency budget of a partial batch")
+    ap.add_argument("--windows-per-stream", type=int, default=8)
+    ap.add_argument("--check-exact", type=int, default=4, help="streams compared with the stream run alone")
+    ap.add_argument("--json", help="write the report here")
+    a = ap.parse_args(argv)
+    check_output(a.json)
+    from benchmarks.common import device_info
+
+    streams = [int(s) for s in a.streams.split(",") if s]
+    if not streams or min(streams) < 1 or a.batch_size < 1 or a.windows_per_stream < 1:
+        raise SessionError("--streams, --batch-size and --windows-per-stream must be >= 1")
+    rep = serve_benchmark(
+        a.backend, a.device, streams, preset=a.preset, batch_size=a.batch_size, buckets=a.buckets,
+        precision=a.precision, max_delay_s=a.max_delay_ms / 1e3, windows_per_stream=a.windows_per_stream,
+        check_exact=a.check_exact,
+    )  # fmt: skip
+    info = device_info()
+    if torch.device(a.device).type == "cuda":
+        info["device"] = torch.cuda.get_device_name()
+    rep["machine"] = info
+    print(serve_table(rep["rows"]))
+    if a.json:
+        write_text_atomic(a.json, json.dumps(rep, indent=2))
+        print(f"report: {a.json}")
+    return 0
+
+
 @reports_errors
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -393,6 +584,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             Path(a.json).parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(a.json, json.dumps(r, indent=2))
         return 0
+    if argv[:1] == ["serve"]:
+        return serve_main(argv[1:])
     if argv[:1] == ["memory"]:
         ap = argparse.ArgumentParser(prog="python -m benchmarks.streaming memory")
         ap.add_argument("--hours", type=float, nargs="+", default=[1.0, 10.0])

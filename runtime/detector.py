@@ -52,6 +52,8 @@ __all__ = ["BYTES_PER_DETECTION", "Detection", "StreamDetector", "StreamError"]
 BYTES_PER_DETECTION = 16
 #: how many recently closed stream ids are remembered (to say "already closed" rather than "unknown")
 CLOSED_IDS_KEPT = 10_000
+#: how many per-window latencies ``record_latency`` keeps
+LATENCIES_KEPT = 1_000_000
 
 
 class StreamError(SpotError, ValueError):
@@ -127,6 +129,8 @@ class StreamDetector:
             latency, but windows of different pushes never share a batch; ``math.inf`` runs only
             full batches (and the rest at :meth:`flush` / :meth:`close`), as for offline files.
         preview: compute preview detections in :meth:`push` (False: push returns ``[]``).
+        record_latency: keep each window's latency (seconds from the push that completed it to
+            its decoded detections) in :attr:`window_latencies` (the last ``LATENCIES_KEPT``).
     """
 
     def __init__(
@@ -138,6 +142,7 @@ class StreamDetector:
         snippet_rate: float | None = None,
         max_delay_s: float = 0.0,
         preview: bool = True,
+        record_latency: bool = False,
     ) -> None:
         cfg = session.cfg
         T = cfg.model.num_snippets
@@ -160,6 +165,8 @@ class StreamDetector:
         self._queue: deque[_Job] = deque()
         self._outbox: list[Detection] = []  # previews not yet returned (e.g. produced inside close())
         self.windows_run = 0
+        self.record_latency = bool(record_latency)
+        self.window_latencies: deque[float] = deque(maxlen=LATENCIES_KEPT)
 
     # ------------------------------------------------------------------ stream lifecycle
     @property
@@ -301,6 +308,9 @@ class StreamDetector:
             st.dets.append((seg[b, :nv].copy(), sc[b, :nv].copy(), lab[b, :nv].copy()))
             st.done += 1
         self.windows_run += len(jobs)
+        if self.record_latency:
+            now = time.perf_counter()
+            self.window_latencies.extend(now - j.t_enqueued for j in jobs)
 
     # ------------------------------------------------------------------ preview
     def _preview(self, streams: Sequence[_Stream]) -> list[Detection]:

@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "BACKENDS",
+    "SESSION_BACKENDS",
     "CompiledSession",
     "EagerSession",
     "EdgeSession",
@@ -78,6 +79,11 @@ __all__ = [
 CHECKPOINT_EXTS = (".safetensors",)
 ONNX_EXTS = (".onnx",)
 ENGINE_EXTS = (".plan", ".engine", ".trt")
+
+
+#: what :func:`open_session` (and ``python -m runtime.stream --backend``) accepts: the backend
+#: families of :data:`BACKENDS` plus ``fused`` (:class:`runtime.fused.FusedSession`)
+SESSION_BACKENDS = ("eager", "compile", "edge", "fused", "onnxruntime", "tensorrt")
 
 
 class SessionError(SpotError, ValueError):
@@ -517,10 +523,13 @@ def open_session(
     pad: bool = True,
     provider: str | None = None,
     compile_mode: str = "default",
+    precision: str = "fp32",
+    buckets: str | Sequence[int] | None = None,
 ) -> Session:
     """Open a session on a model file; ``backend="auto"`` picks it from the file type.
 
-    ``.safetensors`` -> ``eager`` (or ``compile``, or ``edge``: the bf16 CPU model), ``.onnx`` ->
+    ``.safetensors`` -> ``eager`` (or ``compile``, ``edge``: the bf16 CPU model, or ``fused``: the
+    fused path with ``precision`` and batch ``buckets``, CUDA graphs on a GPU), ``.onnx`` ->
     ``onnxruntime`` (provider ``provider``, default from ``device``: ``cpu`` or ``cuda``),
     ``.plan``/``.engine`` -> ``tensorrt``. ``cfg`` defaults to the config stored with the model;
     when given, the model is checked against it and a mismatch raises :class:`SessionError`.
@@ -536,12 +545,15 @@ def open_session(
         raise SessionError(f"{path}: model file not found")
     _check_device(device)
     suffix = path.suffix.lower()
-    if backend not in ("auto", *BACKENDS):
-        raise SessionError(f"unknown backend {backend!r}; choose auto or one of {', '.join(BACKENDS)}")
+    if backend not in ("auto", *SESSION_BACKENDS):
+        raise SessionError(
+            f"unknown backend {backend!r}; choose auto or one of {', '.join(SESSION_BACKENDS)}"
+        )
     kinds = {
         "eager": CHECKPOINT_EXTS,
         "compile": CHECKPOINT_EXTS,
         "edge": CHECKPOINT_EXTS,
+        "fused": CHECKPOINT_EXTS,
         "onnxruntime": ONNX_EXTS,
         "tensorrt": ENGINE_EXTS,
     }
@@ -551,6 +563,8 @@ def open_session(
             model_config(path)  # raises the unknown-type error
     elif suffix not in kinds[backend]:
         raise SessionError(f"{path}: backend {backend!r} needs a {'/'.join(kinds[backend])} file")
+    if backend != "fused" and (precision != "fp32" or buckets is not None):
+        raise SessionError(f"precision and buckets are settings of the fused backend, not of {backend!r}")
     stored = model_config(path)
     if cfg is None:
         cfg = stored
@@ -563,7 +577,7 @@ def open_session(
             num_classes=stored.model.num_classes,
             class_names=stored.class_names,
         )
-    if backend in ("eager", "compile", "edge"):
+    if backend in ("eager", "compile", "edge", "fused"):
         from spot_core.checkpoint import CheckpointError, load_model
 
         try:
@@ -574,6 +588,18 @@ def open_session(
             return EagerSession(model, cfg, device=device, batch_size=batch_size, pad=pad)
         if backend == "edge":
             return EdgeSession(model, cfg, device=device, batch_size=batch_size, pad=pad)
+        if backend == "fused":
+            from .fused import FusedSession
+
+            return FusedSession(
+                model,
+                cfg,
+                device=device,
+                batch_size=batch_size,
+                pad=pad,
+                precision=precision,
+                buckets=buckets,
+            )
         return CompiledSession(model, cfg, device=device, batch_size=batch_size, pad=pad, mode=compile_mode)
     if backend == "onnxruntime":
         prov = provider or ("cuda" if torch.device(device).type == "cuda" else "cpu")

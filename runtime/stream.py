@@ -1,8 +1,9 @@
 """Offline streaming over feature files: ``python -m runtime.stream``.
 
     python -m runtime.stream --model FILE --features FILE_OR_DIR [--chunk N] [--out detections.json] \\
-        [--plot out.png] [--backend auto|eager|compile|edge|onnxruntime|tensorrt] [--device cpu|cuda] \\
-        [--provider cpu|cuda|tensorrt] [--batch-size B] [--stride S] [--snippet-rate R] \\
+        [--plot out.png] [--backend auto|eager|compile|edge|fused|onnxruntime|tensorrt] [--device cpu|cuda] \\
+        [--provider cpu|cuda|tensorrt] [--batch-size B] [--buckets 1,8,64] [--precision fp32|bf16] \\
+        [--stride S] [--snippet-rate R] \\
         [--config FILE | --preset NAME] [--set K=V ...]
 
 ``--model``: a checkpoint (``.safetensors``), a heads ONNX export or a TensorRT engine (with its
@@ -54,7 +55,7 @@ from spot_core.outputs import check_output, write_bytes_atomic, write_json_atomi
 
 from .detector import Detection, StreamDetector, StreamError
 from .offline import offline_detect, stream_all, streamed_vs_offline_map
-from .session import BACKENDS, open_session
+from .session import SESSION_BACKENDS, open_session
 
 __all__ = [
     "Detection",
@@ -86,6 +87,8 @@ def run_files(
     cfg=None,
     progress: bool = True,
     raw: bool = False,
+    precision: str = "fp32",
+    buckets: str | None = None,
 ) -> tuple[dict, dict[str, str]]:
     """Stream every feature file through a session; ``(result JSON, {file or stream: error})``.
 
@@ -103,8 +106,9 @@ def run_files(
         plot_format(plot)
     positive_finite(snippet_rate, "--snippet-rate")
     session = open_session(
-        model, backend=backend, cfg=cfg, device=device, batch_size=batch_size, provider=provider
-    )
+        model, backend=backend, cfg=cfg, device=device, batch_size=batch_size, provider=provider,
+        precision=precision, buckets=buckets,
+    )  # fmt: skip
     cfg = session.cfg
     if raw:
         featurizer = StreamFeaturizer.for_model(model)
@@ -172,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--chunk", type=int, default=64, help="snippets per push (default 64)")
     ap.add_argument("--out", help="ActivityNet result JSON to write")
     ap.add_argument("--plot", help="timeline PNG to write")
-    ap.add_argument("--backend", default="auto", choices=("auto", *BACKENDS))
+    ap.add_argument("--backend", default="auto", choices=("auto", *SESSION_BACKENDS))
     ap.add_argument("--device", default="cpu", help="cpu or cuda (eager, compile; onnxruntime provider)")
     ap.add_argument(
         "--provider",
@@ -184,6 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--stride", type=int, help="window stride S in snippets (default: the config's data.stride)"
     )
     ap.add_argument("--snippet-rate", type=float, help="snippets per second (default: config, else 1)")
+    ap.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="the fused backend's precision (default fp32)",
+    )
+    ap.add_argument(
+        "--buckets",
+        help="the fused backend's batch buckets below --batch-size, e.g. 1,8,64 (default: --batch-size only, "
+        "which keeps every stream's output bit-identical to the stream run alone)",
+    )
     ap.add_argument("--no-progress", action="store_true")
     add_config_args(ap, default_preset=None)
     add_debug_arg(ap)
@@ -228,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg=cfg,
         progress=not args.no_progress,
         raw=args.raw,
+        precision=args.precision,
+        buckets=args.buckets,
     )
     for sid, dets in results["results"].items():
         best = max((d["score"] for d in dets), default=0.0)
