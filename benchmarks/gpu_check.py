@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 SECTIONS = (
     "environment", "ceilings", "gpu_tests", "step4", "nms", "whole_path", "achieved", "whole_path_actrectut",
-    "streaming", "sanitizer", "verify", "nms_compiled",
+    "streaming", "runtime_gpu", "sanitizer", "verify", "nms_compiled",
 )  # fmt: skip
 
 
@@ -96,6 +96,11 @@ class Report:
     def left(self) -> float:
         return self.budget_s - self.elapsed()
 
+    def save_partial(self, name: str, value: Any) -> None:
+        """Write what a long section has so far (its final value replaces it when it returns)."""
+        self.data[name] = {**value, "partial": True} if isinstance(value, dict) else value
+        write_text_atomic(self.path, json.dumps(self.data, indent=1, default=str))
+
     def section(self, name: str, fn: Callable[[], Any], *, need_s: float = 0.0) -> None:
         t0 = time.perf_counter()
         if self.only is not None and name not in self.only:
@@ -108,9 +113,11 @@ class Report:
             try:
                 self.data[name] = fn()
             except Exception as e:  # a broken section is reported, the others go on
+                prev = self.data.get(name)
                 self.data[name] = {
                     "error": f"{type(e).__name__}: {e}",
                     "traceback": traceback.format_exc()[-3000:],
+                    **({"partial_results": prev} if isinstance(prev, dict) and prev.get("partial") else {}),
                 }
         print(f"[{self.elapsed():6.1f} s] {name}: {time.perf_counter() - t0:.1f} s", flush=True)
         self.data["elapsed_s"] = round(self.elapsed(), 1)
@@ -487,6 +494,140 @@ def streaming(dev: torch.device, dry: bool) -> dict[str, Any]:
     return {b: stream_benchmark(b, dev.type, streams, **kw) for b in ("eager", "compile")}
 
 
+def _det_parity(got: Any, want: Any) -> dict[str, Any]:
+    """How far two Detections [B, D] agree: windows with the same valid set, detections with the
+    same segment and label among both's valid ones, the largest score difference."""
+    same_valid = (got.valid == want.valid).all(1)
+    both = got.valid & want.valid
+    same = (got.segments == want.segments).all(-1) & (got.labels == want.labels) & both
+    n = int(want.valid.sum())
+    return {
+        "windows": int(want.valid.shape[0]),
+        "same_valid_windows_fraction": same_valid.float().mean().item(),
+        "same_detection_fraction": (int(same.sum()) / n) if n else 1.0,
+        "max_abs_score_diff": (got.scores - want.scores)[both].abs().max().item()
+        if bool(both.any())
+        else 0.0,
+        "identical": bool(torch.equal(got.segments, want.segments) and torch.equal(got.scores, want.scores)),
+    }
+
+
+def runtime_gpu(dev: torch.device, dry: bool, rep: Report) -> dict[str, Any]:
+    """Issue 18: the runtime's own sessions on the device (``actrectut`` preset, random weights).
+
+    1. the fused session (runtime.fused, CUDA graphs per bucket) fp32 / bf16: windows/s through
+       ``session.detect`` at the largest batch (host features in, host detections out) and with
+       the input already on the device (the graph replay); parity with the eager session;
+    2. batch 1 under the runtime: one live stream pushed a snippet at a time, per-window p50 / p99;
+    3. many streams (benchmarks.streaming.serve): windows/s and per-window p50 / p99 at 1..256
+       streams, buckets 1/8/64/256, exactness vs each stream alone with one bucket;
+    4. a long stream through ``runtime.stream`` on the device vs the CPU eager reference, and
+       streamed == offline on the device;
+    5. TensorRT and onnxruntime-gpu: executed when importable here, else "not run" with the reason.
+    """
+    import numpy as np
+
+    from benchmarks.streaming import latency, random_model, serve
+    from runtime.detector import StreamDetector
+    from runtime.fused import FusedSession
+    from runtime.offline import offline_detect
+    from runtime.session import EagerSession
+
+    out: dict[str, Any] = {}
+    model, cfg = random_model("actrectut")
+    C, T = cfg.model.feat_dim, cfg.model.num_snippets
+    big = 8 if dry else 1024
+    x = torch.randn(big, C, T, generator=torch.Generator().manual_seed(0))
+    x_pin = x.pin_memory() if not dry else x
+    from spot_core.decode import detect
+
+    model_dev = model.to(dev)
+    for prec in ("fp32", "bf16"):
+        row: dict[str, Any] = {}
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=prec == "bf16"):
+            lg, mk = model_dev(x.to(dev))
+        ref = detect(lg.float(), mk.float(), cfg.decode)  # the eager reference, same precision
+        ref = type(ref)(*(t.cpu() for t in ref))
+        t0 = time.perf_counter()
+        sess = FusedSession(model, cfg, device=dev, batch_size=big, precision=prec)
+        row["open_s"] = round(time.perf_counter() - t0, 2)
+        got = sess.detect(x_pin)
+        row["parity_vs_eager_reference"] = _det_parity(got, ref)
+        ms = median_ms(lambda: sess.detect(x_pin), warmup=2, reps=5 if dry else 20, cuda=not dry)
+        row["host_to_host_ms"], row["host_to_host_windows_per_s"] = ms, round(big / (ms * 1e-3))
+        if sess._graphs:
+            g = sess._graphs[big]
+            g.x.copy_(x.to(dev))
+            ms = median_ms(g.graph.replay, warmup=3, reps=20)
+            row["graph_replay_ms"], row["graph_replay_windows_per_s"] = ms, round(big / (ms * 1e-3))
+        out[f"fused_{prec}_B{big}"] = row
+        rep.save_partial("runtime_gpu", out)
+    # 2. batch 1 under the runtime
+    for prec in ("fp32", "bf16"):
+        s1 = FusedSession(model, cfg, device=dev, batch_size=1, precision=prec)
+        out[f"batch1_latency_{prec}"] = latency(s1, windows=10 if dry else 200, rate=4.0)
+    rep.save_partial("runtime_gpu", out)
+    # 3. many streams
+    streams = (1, 4) if dry else (1, 16, 64, 256)
+    wps = 2 if dry else 16
+    for prec in ("fp32", "bf16"):
+        bucketed = FusedSession(
+            model,
+            cfg,
+            device=dev,
+            batch_size=max(streams),
+            precision=prec,
+            buckets=[b for b in (1, 8, 64) if b < max(streams)],
+        )
+        one = FusedSession(model, cfg, device=dev, batch_size=max(streams), precision=prec)
+        serve(bucketed, 2, windows_per_stream=2)  # warm-up
+        rows = [serve(bucketed, n, windows_per_stream=wps, check_exact=2) for n in streams]
+        rows.append(serve(one, max(streams), windows_per_stream=wps, check_exact=4))
+        out[f"serve_{prec}"] = rows
+        rep.save_partial("runtime_gpu", out)
+    # 4. a long stream: device vs CPU, streamed == offline on the device
+    n_snip = 600 if dry else 20_000
+    feats = np.random.default_rng(5).standard_normal((n_snip, C), dtype=np.float32)
+    sess = FusedSession(model, cfg, device=dev, batch_size=8 if dry else 64)
+    det = StreamDetector(sess, snippet_rate=4.0, preview=False)
+    det.open("long")
+    for i in range(0, n_snip, 97):
+        det.push("long", feats[i : i + 97])
+    streamed = det.close_json("long")[0]
+    offline = offline_detect(sess, feats, snippet_rate=4.0, video_id="long")["results"]["long"]
+    cpu = offline_detect(EagerSession(model, cfg, batch_size=64), feats, snippet_rate=4.0, video_id="long")
+    cpu_rows = cpu["results"]["long"]
+    key = lambda d: (d["label"], tuple(d["segment"]))  # noqa: E731
+    matched = len({key(d) for d in offline} & {key(d) for d in cpu_rows})
+    out["long_stream"] = {
+        "snippets": n_snip,
+        "streamed_equals_offline_on_device": streamed == offline,
+        "detections_device": len(offline),
+        "detections_cpu_eager": len(cpu_rows),
+        "same_label_and_segment_fraction": matched / max(1, len(cpu_rows)),
+    }
+    rep.save_partial("runtime_gpu", out)
+    # 5. engines
+    notes = {}
+    for mod, what in (("tensorrt", "TensorRT"), ("onnxruntime", "onnxruntime")):
+        try:
+            m = __import__(mod)
+            notes[mod] = f"importable ({getattr(m, '__version__', '?')})"
+        except ImportError as e:
+            notes[mod] = f"not run: {what} is not installed here ({e})"
+    if "importable" in notes.get("onnxruntime", ""):
+        import onnxruntime as ort
+
+        provs = ort.get_available_providers()
+        for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+            if p not in provs:
+                notes[p] = (
+                    f"not run: onnxruntime has only {provs} (the CPU wheel; onnxruntime-gpu not carried)"
+                )
+    out["engines"] = notes
+    return out
+
+
 def verify_rows(args: argparse.Namespace, dev: torch.device) -> dict[str, Any]:
     if not args.checkpoint:
         return {"skipped": "no --checkpoint given"}
@@ -613,6 +754,26 @@ def summary_table(d: dict[str, Any]) -> str:
             lines.append(f"streaming {backend}: p50 {lat.get('p50_ms', float('nan')):.2f} ms; {tp}")
         elif isinstance(sb, dict):
             lines.append(f"streaming {backend}: {sb.get('status')} {str(sb.get('reason', ''))[:80]}")
+    rg = d.get("runtime_gpu") or {}
+    for key, row in rg.items() if isinstance(rg, dict) else []:
+        if key.startswith("fused_") and isinstance(row, dict):
+            par = row.get("parity_vs_eager_reference", {})
+            lines.append(
+                f"runtime {key}: {row.get('host_to_host_windows_per_s', '-'):,} w/s host to host, graph "
+                f"{row.get('graph_replay_windows_per_s', '-')} w/s, same detections "
+                f"{par.get('same_detection_fraction', float('nan')):.4f}"
+            )
+        elif key.startswith("batch1_latency_") and isinstance(row, dict):
+            lines.append(f"runtime {key}: p50 {row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms")
+        elif key.startswith("serve_") and isinstance(row, list):
+            for r in row:
+                lines.append(
+                    f"runtime {key} {r['streams']} streams buckets {r['buckets']}: "
+                    f"{r['windows_per_s']:,.0f} w/s, p99 {r['latency_p99_ms']:.2f} ms, "
+                    f"exact {r.get('exact_streams')}/{r.get('exact_checked')}"
+                )
+        elif key in ("long_stream", "engines"):
+            lines.append(f"runtime {key}: {row}")
     s = d.get("sanitizer", {})
     lines.append(f"compute-sanitizer: rc={s.get('returncode', s.get('skipped'))}")
     v = d.get("verify", {})
@@ -687,6 +848,7 @@ def main(argv: list[str] | None = None) -> int:
     rep.section("whole_path_actrectut", lambda: whole_path(dev, dry, batches, rep, "actrectut"), need_s=30)
     rep.section("achieved", lambda: achieved(rep.data))
     rep.section("streaming", lambda: streaming(dev, dry), need_s=60)
+    rep.section("runtime_gpu", lambda: runtime_gpu(dev, dry, rep), need_s=60)
     if not dry:
         rep.section(
             "sanitizer", lambda: sanitizer(timeout_s=max(20.0, min(90.0, rep.left() - 60))), need_s=30

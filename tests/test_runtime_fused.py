@@ -173,3 +173,18 @@ def test_kernel_fused_session_with_triton_kernels(kernel_device, make_model, mak
     want = FusedSession(model, cfg, batch_size=4).detect(x)
     got = FusedSession(model, cfg, device=kernel_device, batch_size=4, kernels="triton").detect(x)
     _same(got, want)
+
+
+def test_gpu_check_runtime_section_dry_run(tmp_path) -> None:
+    """The GPU script's runtime section (issue 18) runs its plumbing on the CPU: every part reports."""
+    from benchmarks import gpu_check
+
+    assert gpu_check.main(["--dry-run", "--sections", "runtime_gpu", "--out", str(tmp_path)]) == 0
+    rg = json.loads((tmp_path / "gpu_report.json").read_text())["runtime_gpu"]
+    assert "error" not in rg and "partial" not in rg, rg.get("error")
+    assert rg["fused_fp32_B8"]["parity_vs_eager_reference"]["same_detection_fraction"] == 1.0
+    assert {"batch1_latency_fp32", "batch1_latency_bf16", "serve_fp32", "serve_bf16"} <= rg.keys()
+    assert all(r["exact_streams"] == r["exact_checked"] for r in rg["serve_fp32"] if len(r["buckets"]) == 1)
+    assert rg["long_stream"]["streamed_equals_offline_on_device"] is True
+    assert rg["long_stream"]["same_label_and_segment_fraction"] == 1.0
+    assert "tensorrt" in rg["engines"]
