@@ -585,6 +585,13 @@ def runtime_gpu(dev: torch.device, dry: bool, rep: Report) -> dict[str, Any]:
         rows.append(serve(one, max(streams), windows_per_stream=wps, check_exact=4))
         out[f"serve_{prec}"] = rows
         rep.save_partial("runtime_gpu", out)
+    # the runtime's own cost: the same serving loop with a model that costs nothing
+    from benchmarks.streaming import host_ceiling
+
+    out["host_ceiling_no_model"] = host_ceiling(
+        streams=(4,) if dry else (16, 256), windows_per_stream=4 if dry else 32
+    )
+    rep.save_partial("runtime_gpu", out)
     # 4. a long stream: device vs CPU, streamed == offline on the device
     n_snip = 600 if dry else 20_000
     feats = np.random.default_rng(5).standard_normal((n_snip, C), dtype=np.float32)

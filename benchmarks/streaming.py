@@ -236,7 +236,7 @@ def serve(
     reference: Session | None = None,
 ) -> dict[str, Any]:
     """Many streams served by one session: ``streams`` streams open at once, pushed round robin in
-    chunks of S snippets as fast as the loop runs, each push followed by the scheduler's ``poll``
+    chunks of S snippets as fast as the loop runs, each push running the scheduler (``poll``)
     (a partial batch runs once its oldest window waited ``max_delay_s``), so every model call takes
     windows of many streams, padded to the session's bucket. Reported: windows/s and each window's
     latency (from the push that completed it to its decoded detections) p50 / p99 in ms.
@@ -266,8 +266,7 @@ def serve(
     while pos < length:
         step = T if first else S
         for sid, off in zip(ids, offsets, strict=True):
-            det.push(sid, pool[off + pos : off + min(pos + step, length)])
-            det.poll()
+            det.push(sid, pool[off + pos : off + min(pos + step, length)])  # push() polls
         pos += step
         first = False
     det.flush()
@@ -460,6 +459,35 @@ def format_table(reports: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+class NullSession(Session):
+    """A session whose model is free: every window gives no detection, at once. Served through the
+    stream detector, it measures the runtime's own cost per window (buffers, queue, batching,
+    per-window bookkeeping): the ceiling of windows/s that no faster model can pass."""
+
+    backend = "null"
+
+    def detect(self, x: Any, valid_len: Any = None, **kw: Any) -> Any:
+        from spot_core.decode import Detections
+
+        B, D = int(x.shape[0]), self.cfg.decode.max_detections
+        self.model_calls += 1
+        z = torch.zeros(B, D)
+        return Detections(torch.zeros(B, D, 2), z, z.long(), z.bool())
+
+
+def host_ceiling(
+    preset: str = "actrectut",
+    streams: Sequence[int] = (16, 256),
+    *,
+    batch_size: int = 256,
+    windows_per_stream: int = 32,
+) -> list[dict[str, Any]]:
+    """:func:`serve` with :class:`NullSession`: the runtime's windows/s without a model."""
+    _, cfg = random_model(preset)
+    sess = NullSession(cfg, device="cpu", batch_size=batch_size, pad=True)
+    return [serve(sess, n, windows_per_stream=windows_per_stream) for n in streams]
+
+
 def serve_table(rows: Sequence[dict]) -> str:
     lines = [
         "| streams | buckets | max delay ms | windows | model calls | windows/s | p50 ms/window "
@@ -496,15 +524,18 @@ def serve_benchmark(
     if threads is not None and torch.device(device).type == "cpu":
         torch.set_num_threads(threads)
     model, cfg = random_model(preset)
-    sess = make_session(
-        backend,
-        model.to(device),
-        cfg,
-        device=device,
-        batch_size=batch_size,
-        buckets=buckets,
-        precision=precision,
-    )
+    if backend == "null":  # the runtime alone (NullSession): its ceiling of windows/s
+        sess: Session = NullSession(cfg, device="cpu", batch_size=batch_size, pad=True)
+    else:
+        sess = make_session(
+            backend,
+            model.to(device),
+            cfg,
+            device=device,
+            batch_size=batch_size,
+            buckets=buckets,
+            precision=precision,
+        )
     serve(sess, min(2, max(streams)), windows_per_stream=2, max_delay_s=max_delay_s)  # warm-up
     rows = [
         serve(
@@ -518,7 +549,12 @@ def serve_benchmark(
 def serve_main(argv: Sequence[str]) -> int:
     """``python -m benchmarks.streaming serve``: :func:`serve_benchmark`, a table and a JSON report."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.streaming serve", description=serve.__doc__)
-    ap.add_argument("--backend", default="fused", choices=BACKENDS)
+    ap.add_argument(
+        "--backend",
+        default="fused",
+        choices=(*BACKENDS, "null"),
+        help="session backend (null: a model that costs nothing: the runtime's own ceiling)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument(
         "--streams", default="1,16,64,256", help="numbers of concurrent streams (default 1,16,64,256)"
