@@ -75,3 +75,21 @@ def test_pieces_labelled_on_a_long_stream():
     assert sum(vids[k].num_frames for k in lab) == sum(pieces[i][1] - pieces[i][0] for _, i in sp.labeled)
     again = split_pieces({"long": (v, feats, rate)}, ["a", "b"], 0.1, seed=3)
     assert again.labeled == sp.labeled
+
+
+def test_chunk_check_fast_path_and_overflowing_sums() -> None:
+    """as_chunk sums the chunk first (one reduction) and looks at each value only when the sum is
+    not finite: a sum that overflows from finite values is accepted, a NaN / Inf anywhere is not."""
+    from spot_core.data.streams import ChunkError, as_chunk
+
+    x = np.full((4, 3), 3e38, np.float32)  # finite values whose sum overflows float32
+    assert as_chunk(x, 3) is x  # contiguous float32: no copy
+    y = x.copy()
+    y[2, 1] = np.nan
+    with pytest.raises(ChunkError, match="channel 1 \\(chunk row 2\\)"):
+        as_chunk(y, 3)
+    z = np.ones((2, 3))
+    z[1, 2] = 1e300  # finite float64, inf once float32
+    with pytest.raises(ChunkError, match="non-finite value inf in channel 2 \\(chunk row 1\\)"):
+        as_chunk(z, 3)
+    assert as_chunk(np.ones((2, 3), np.int64), 3).dtype == np.float32

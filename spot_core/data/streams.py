@@ -136,8 +136,14 @@ def as_chunk(features: Any, feat_dim: int) -> np.ndarray:
         raise ChunkError(f"chunk has {x.shape[1]} channels per snippet, the model expects {C}")
     if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise ChunkError(f"chunk must be real numbers, got dtype {x.dtype}")
-    with np.errstate(over="ignore"):
-        x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.dtype != np.float32 or not x.flags.c_contiguous:
+        with np.errstate(over="ignore"):
+            x = np.ascontiguousarray(x, dtype=np.float32)
+    # fast path: the sum of finite values is finite unless it overflows; only then look closer
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(x, axis=None)
+    if np.isfinite(total):
+        return x
     finite = np.isfinite(x)
     if not finite.all():
         row = int(np.argmin(finite.all(axis=1)))
