@@ -239,6 +239,8 @@ def variant_config(cfg: SpotConfig, variant: str, seed: int) -> SpotConfig:
     ]
     if not v["pretrain"]:
         sets.append("semi.pretrain_epochs=0")
+    if not v["semi"]:  # no pseudo-label terms to ramp up: the same run whatever the preset's ramp
+        sets.append("semi.rampup_epochs=0")
     if v["self"] is not None:
         sets.append(f"semi.self_train_rounds={v['self']}")
     return cfg.override(sets)

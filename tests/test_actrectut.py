@@ -202,3 +202,20 @@ def test_stored_runs_are_reused_only_with_the_same_training_settings(shared_data
     )
     _, _, *_, sp3 = trained_direction(shared_data / "actrectut", cfg=cfg.override(["train.lr=0.002"]), **kw)
     assert not sp3.reused_model and (tmp_path / "last.safetensors").read_bytes() != first
+
+
+def test_variant_switches_and_the_preset_ramp_up():
+    """The preset ramps the pseudo-label terms up over 10 epochs (SPOT rows); supervised rows have
+    none to ramp, so their config says 0 (the same run, whatever the preset's ramp); the original
+    model's overrides turn it off."""
+    from spot_core.actrectut import variant_config
+    from spot_core.config import SPOT_ORIGINAL_ACTRECTUT, SpotConfig
+
+    cfg = SpotConfig.preset("actrectut")
+    assert cfg.semi.rampup_epochs == 10
+    spot = variant_config(cfg, "spot10", 3)
+    assert spot.semi.rampup_epochs == 10 and spot.semi.use_unlabeled and spot.train.seed == 3
+    for v in ("sup100", "sup10", "self10"):
+        sup = variant_config(cfg, v, 0)
+        assert sup.semi.rampup_epochs == 0 and not sup.semi.use_unlabeled
+    assert cfg.override(list(SPOT_ORIGINAL_ACTRECTUT)).semi.rampup_epochs == 0
