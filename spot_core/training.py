@@ -849,6 +849,13 @@ def finetune_stage(
     bs_u = 0
     if unlabeled:
         bs_u = unlabeled_batch_size(cfg.train.batch_size, len(labeled), len(unlabeled), cfg.semi)
+        if cfg.semi.rampup_epochs > cfg.train.epochs and run.main:
+            log.warning(
+                "semi.rampup_epochs (%d) > train.epochs (%d): the pseudo-label and refinement terms never "
+                "reach their weight; set semi.rampup_epochs to about half of train.epochs",
+                cfg.semi.rampup_epochs,
+                cfg.train.epochs,
+            )
     runner = ddp_model(run.model, run.dc, run.device) if run.start_epoch < cfg.train.epochs else run.model
     for epoch in range(run.start_epoch, cfg.train.epochs):
         t0 = time.perf_counter()

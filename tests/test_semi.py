@@ -468,6 +468,15 @@ def test_steps_per_epoch_gives_that_many_steps(data_dir, tmp_path, monkeypatch):
     assert cfg.train.steps_per_epoch == 5
 
 
+def test_a_ramp_longer_than_the_run_is_a_warning(data_dir, tmp_path, caplog):
+    """The actrectut / stream presets ramp over 10 epochs; a shorter run (--set train.epochs=8)
+    that keeps it is told that the pseudo-label terms never reach their weight."""
+    args = semi_args(data_dir, tmp_path / "ramp", 1, "--labeled-fraction", "0.25", pretrain=0)
+    with caplog.at_level("WARNING", logger="spot_core.training"):
+        assert train_main([*args, "semi.rampup_epochs=3", "train.steps_per_epoch=2"]) == 0
+    assert "semi.rampup_epochs (3) > train.epochs (1)" in caplog.text
+
+
 # ----------------------------------------------------------------- bad input (issue 3)
 def test_label_split_edge_cases_are_clear(data_dir, tmp_path, caplog):
     """fraction 0 is refused; fraction 1 leaves no unlabelled set (stage 2 = supervised loop, said
