@@ -89,12 +89,17 @@ def run_files(
     raw: bool = False,
     precision: str = "fp32",
     buckets: str | None = None,
+    annotations: str | Path | None = None,
 ) -> tuple[dict, dict[str, str]]:
     """Stream every feature file through a session; ``(result JSON, {file or stream: error})``.
 
     ``raw``: the files are raw recordings ``[samples, channels]``; they become snippet features
     through the featuriser stored beside the model (``stream_features.json``: the samples per
     snippet, statistics and training standardisation of ``python -m spot_core.data.prepare``).
+
+    ``annotations``: name each stream after the annotated video its file name matches
+    (:func:`spot_core.data.streams.stream_id_for`, the rule of ``spot_core.data.prepare``), so
+    the output evaluates against that file; without it, streams are named by file stem.
 
     ``out`` / ``plot`` are checked before the work (:func:`spot_core.outputs.check_output`) and
     written atomically after it, only when at least one stream succeeded."""
@@ -105,6 +110,11 @@ def run_files(
 
         plot_format(plot)
     positive_finite(snippet_rate, "--snippet-rate")
+    ids = None
+    if annotations is not None:
+        from spot_core.data.annotations import load_annotations
+
+        ids = list(load_annotations(annotations).videos)
     session = open_session(
         model, backend=backend, cfg=cfg, device=device, batch_size=batch_size, provider=provider,
         precision=precision, buckets=buckets,
@@ -128,6 +138,8 @@ def run_files(
             snippet_rate = featurizer.snippet_rate
     else:
         streams, errors, sources = load_streams(features, cfg.model.feat_dim)
+    if ids is not None:
+        streams, sources = _rename_streams(streams, sources, ids, errors)
     # offline files: only full batches run while streaming; close() runs the rest (no latency budget)
     det = StreamDetector(
         session, stride=stride, snippet_rate=snippet_rate, max_delay_s=math.inf, preview=False
@@ -152,6 +164,23 @@ def run_files(
     if plot is not None and image is not None:
         write_bytes_atomic(plot, image)
     return results, errors
+
+
+def _rename_streams(
+    streams: dict, sources: dict, ids: Sequence[str], errors: dict[str, str]
+) -> tuple[dict, dict]:
+    """Streams renamed to the annotated ids their files name; a second file for one id is an error
+    of that file (the first keeps the id)."""
+    from spot_core.data.streams import stream_id_for
+
+    out, src = {}, {}
+    for sid, feats in streams.items():
+        new = stream_id_for(sid, ids)
+        if new in out:
+            errors[str(sources[sid])] = f"a second file for annotated video {new!r} (first: {src[new].name})"
+            continue
+        out[new], src[new] = feats, sources[sid]
+    return out, src
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the fused backend's batch buckets below --batch-size, e.g. 1,8,64 (default: --batch-size only, "
         "which keeps every stream's output bit-identical to the stream run alone)",
     )
+    ap.add_argument(
+        "--annotations",
+        help="name each stream after the video of this annotation file its file name matches (as "
+        "spot_core.data.prepare does: subject2_gesture_data.npy -> subject2_gesture), so the output "
+        "evaluates against it; default: the file stem",
+    )
     ap.add_argument("--no-progress", action="store_true")
     add_config_args(ap, default_preset=None)
     add_debug_arg(ap)
@@ -245,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raw=args.raw,
         precision=args.precision,
         buckets=args.buckets,
+        annotations=args.annotations,
     )
     for sid, dets in results["results"].items():
         best = max((d["score"] for d in dets), default=0.0)

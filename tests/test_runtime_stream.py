@@ -356,3 +356,43 @@ def test_pass_through_equals_merge_windows_single_window():
         got = [x[0] for x in pass_through(seg, sc, lab, val, dec.max_detections)]
         for a, b in zip(got, want, strict=True):
             assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+def test_cli_names_streams_after_the_annotations_and_the_output_evaluates(tmp_path, capsys):
+    """--annotations: files named like prepare's recordings (``<id>_data.npy``) come out under the
+    annotated ids, so ``spot_core.evaluate --gt`` scores the output directly; a second file for one
+    id is that file's error."""
+    from runtime.stream import main
+    from spot_core.checkpoint import save_model
+    from spot_core.evaluate import main as evaluate_main
+
+    cfg = CFG.override(["data.stride=32", "data.snippet_rate=2.0"])
+    ckpt = save_model(tmp_path / "m.safetensors", MODEL, cfg)
+    d = tmp_path / "feats"
+    d.mkdir()
+    np.save(d / "walk_data.npy", _feats(150, 1))
+    np.save(d / "walk-copy.npy", _feats(60, 3))  # also names "walk": a second file for it
+    np.save(d / "run.npy", _feats(90, 2))
+    np.save(d / "other.npy", _feats(70, 4))  # not annotated: keeps its stem
+    label = cfg.names()[0]
+    gt = {
+        "database": {
+            v: {
+                "subset": "validation",
+                "duration": dur,
+                "annotations": [{"segment": [2.0, 9.0], "label": label}],
+            }
+            for v, dur in (("walk", 75.0), ("run", 45.0))
+        }
+    }
+    ann = tmp_path / "gt.json"
+    ann.write_text(json.dumps(gt))
+    out = tmp_path / "det.json"
+    argv = ["--model", str(ckpt), "--features", str(d), "--out", str(out), "--no-progress"]
+    rc = main([*argv, "--annotations", str(ann)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "walk_data.npy" in err and "a second file for annotated video 'walk'" in err
+    res = json.loads(out.read_text())["results"]
+    assert sorted(res) == ["other", "run", "walk"]
+    assert evaluate_main(["--gt", str(ann), "--pred", str(out), "--protocol", "thumos", "--json"]) == 0
+    assert "average_mAP" in capsys.readouterr().out

@@ -51,7 +51,14 @@ from .annotations import (
 )
 from .datasets import ANNOTATIONS_FILE, FEATURES_DIR
 from .features import FeatureError, save_npy_atomic
-from .streams import DEFAULT_STATS, FEATURIZER_FILE, STREAM_SUFFIXES, StreamFeaturizer, read_stream
+from .streams import (
+    DEFAULT_STATS,
+    FEATURIZER_FILE,
+    STREAM_SUFFIXES,
+    StreamFeaturizer,
+    read_stream,
+    stream_id_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +121,7 @@ def match_recordings(folder: str | Path, ids: Sequence[str]) -> dict[str, Path]:
         raise PrepareError(f"{folder}: no .npy or .csv recordings in the folder")
     out: dict[str, Path] = {}
     for f in files:
-        hits = [i for i in ids if f.stem == i or (f.stem.startswith(i) and f.stem[len(i)] in "_-.")]
-        sid = max(hits, key=len) if hits else f.stem
+        sid = stream_id_for(f.stem, ids)
         if sid in out:
             raise PrepareError(f"{f}: a second recording for stream {sid!r} (first: {out[sid].name})")
         out[sid] = f

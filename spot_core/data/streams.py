@@ -81,6 +81,14 @@ def read_stream(file: str | Path, feat_dim: int | None = None) -> np.ndarray:
         raise FeatureError(f"{f}: not a plain numeric .npy file ({e})") from None
 
 
+def stream_id_for(stem: str, ids: Sequence[str]) -> str:
+    """The annotated id a recording's file stem names: the id it equals or starts with (then
+    followed by ``_``, ``-`` or ``.``; the longest such id wins), else the stem itself
+    (``subject1_gesture_data`` -> ``subject1_gesture``)."""
+    hits = [i for i in ids if stem == i or (stem.startswith(i) and stem[len(i)] in "_-.")]
+    return max(hits, key=len) if hits else stem
+
+
 def load_streams(
     path: str | Path, feat_dim: int
 ) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, Path]]:
