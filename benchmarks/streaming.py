@@ -162,7 +162,7 @@ def latency(session: Session, *, windows: int = 50, warmup: int = 5, rate: float
     return {
         "windows": len(samples),
         "p50_ms": statistics.median(samples),
-        "p99_ms": samples[min(len(samples) - 1, math.ceil(0.99 * len(samples)) - 1)],
+        "p99_ms": _pct(samples, 0.99),
         "mean_ms": statistics.fmean(samples),
     }
 
