@@ -25,6 +25,8 @@ rounding of a threshold; ``detect`` rejects NaN inputs, this path treats NaN mas
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -35,11 +37,13 @@ from spot_core import decode_steps as steps
 from spot_core.config import DecodeConfig
 from spot_core.decode import Detections
 from spot_core.decode_steps import Proposals
-from spot_core.model import SPOT
+from spot_core.model import SPOT, offset_logits
 
 __all__ = [
     "detect_from_hidden",
     "detect_from_pairwise",
+    "detect_from_rows",
+    "offset_rows",
     "fused_detect",
     "pairwise_rows",
     "proposals_from_hidden",
@@ -116,6 +120,38 @@ def pairwise_rows(q: Tensor, k: Tensor, rel_bias: Tensor, top: Tensor) -> Tensor
     return torch.sigmoid(logit + rel_bias.float()[off])
 
 
+def offset_rows(ds: Tensor, de: Tensor, top: Tensor) -> Tensor:
+    """The top rows of the ``offset`` head's mask without the ``[B, T, T]`` map: ``ds``, ``de``
+    ``[B, T]`` (:meth:`SPOT.mask_extent`), ``top`` ``[B, k]`` -> ``[B, k, T]`` float32 soft boxes."""
+    T = ds.shape[1]
+    ds_top, de_top = ds.float().gather(1, top), de.float().gather(1, top)  # [B, k] each
+    cols = torch.arange(T, device=ds.device)
+    return torch.sigmoid(offset_logits(ds_top, de_top, top, cols))
+
+
+@torch.no_grad()
+def detect_from_rows(
+    logits: Tensor,
+    rows_of: Callable[[Tensor], Tensor],
+    cfg: DecodeConfig,
+    *,
+    video_class: Tensor | None = None,
+    video_score: Tensor | None = None,
+    valid_len: Tensor | None = None,
+    backend: Backend = "auto",
+) -> Detections:
+    """``detect`` for a head whose top rows ``rows_of(top [B, k]) -> [B, k, T]`` are cheap to form
+    (``pairwise``, ``offset``): steps 4-5 as torch ops on the rows, dedup and Soft-NMS in its kernel."""
+    d = steps.decode_inputs(
+        logits, cfg, video_class=video_class, video_score=video_score, valid_len=valid_len
+    )
+    rows = rows_of(d.top)  # rows: [B, k, T]
+    mp = steps.mask_proposals(rows, d.top, d.top_ok, d.valid_t, d.p, steps.row_labels(d), d.ws, cfg)
+    cprops = steps.class_proposals(d.s, d.c, rows, d.top, d.top_ok, d.valid_t, d.wc, cfg)
+    props = steps.combine_proposals(Proposals(*mp), cprops, d.ws)
+    return _suppress(props, logits, cfg, backend)
+
+
 @torch.no_grad()
 def detect_from_pairwise(
     logits: Tensor,
@@ -133,14 +169,10 @@ def detect_from_pairwise(
     and keys ``[B, dq, T]`` and offset bias ``[2T - 1]``: the k top rows by :func:`pairwise_rows`,
     steps 4-5 as in the reference decode, dedup and Soft-NMS in its kernel. Step 4 runs as torch
     ops on the rows here (the fused mask kernel is written for the ``spot`` head's ``W2 @ h``)."""
-    d = steps.decode_inputs(
-        logits, cfg, video_class=video_class, video_score=video_score, valid_len=valid_len
-    )
-    rows = pairwise_rows(q, k, rel_bias, d.top)  # rows: [B, k, T]
-    mp = steps.mask_proposals(rows, d.top, d.top_ok, d.valid_t, d.p, steps.row_labels(d), d.ws, cfg)
-    cprops = steps.class_proposals(d.s, d.c, rows, d.top, d.top_ok, d.valid_t, d.wc, cfg)
-    props = steps.combine_proposals(Proposals(*mp), cprops, d.ws)
-    return _suppress(props, logits, cfg, backend)
+    return detect_from_rows(
+        logits, lambda top: pairwise_rows(q, k, rel_bias, top), cfg,
+        video_class=video_class, video_score=video_score, valid_len=valid_len, backend=backend,
+    )  # fmt: skip
 
 
 def _suppress(props: Proposals, logits: Tensor, cfg: DecodeConfig, backend: Backend) -> Detections:
@@ -177,6 +209,12 @@ def fused_detect(
         q, k = model.mask_qk(h)
         return detect_from_pairwise(
             logits, q, k, model.mask_rel_bias, cfg,
+            video_class=video_class, video_score=video_score, valid_len=valid_len, backend=backend,
+        )  # fmt: skip
+    if model.cfg.mask_head == "offset":
+        ds, de = model.mask_extent(h)
+        return detect_from_rows(
+            logits, lambda top: offset_rows(ds, de, top), cfg,
             video_class=video_class, video_score=video_score, valid_len=valid_len, backend=backend,
         )  # fmt: skip
     return detect_from_hidden(

@@ -56,7 +56,9 @@ class ModelConfig:
     window_norm: bool = False
     cls_head: str = "linear"  # "linear": 1x1 conv (original); "conv": head_layers x conv k=3 then conv k=3
     head_layers: int = 2
-    mask_head: str = "spot"  # "spot": 1x1 conv to T absolute columns (original); "pairwise": q.k + b(j-t)
+    # "spot": 1x1 conv to T absolute columns (original); "pairwise": q.k + b(j-t); "offset": each
+    # snippet regresses its instance's start / end relative to itself (a soft box row)
+    mask_head: str = "spot"
     mask_dim: int = 32  # pairwise head: width dq of the queries and keys
 
     @property

@@ -35,6 +35,12 @@ Mask heads (``model.mask_head``), both from the hidden map ``h = ReLU(conv_k3(em
 - ``pairwise``: a translation-equivariant same-instance affinity,
   ``mask[t, j] = sigmoid(<q_t, k_j> / sqrt(dq) + b(j - t))`` with ``q = Wq h``, ``k = Wk h``
   (1x1 convs hidden -> dq) and a learned bias per offset ``j - t`` (no absolute columns).
+- ``offset``: each snippet regresses its instance's extent relative to itself, as in the
+  anchor-free detectors (ActionFormer): a 1x1 conv hidden -> 2 gives the distances to the start and
+  the end, ``ds, de = OFFSET_SCALE * conv(h)`` in snippets (unbounded: a negative extent is an empty
+  row, what background rows learn), and the row is the soft box
+  ``mask[t, j] = sigmoid(min(j - t + ds_t, t + de_t - j) / OFFSET_TAU)``: above 0.5 exactly on
+  ``t - ds_t < j < t + de_t``. Translation-equivariant, two numbers per snippet.
 
 Pretext (clip-order) head, training only: conv(k=3) E -> 1, ReLU, flatten over T, dropout, linear
 T -> 2. Reconstruction (pretext and fine-tuning): :meth:`SPOT.reconstruct` maps the embedding back
@@ -52,7 +58,11 @@ from torch import nn
 from .config import ModelConfig
 
 BACKBONES = ("spot", "local", "conv")
-MASK_HEADS = ("spot", "pairwise")
+MASK_HEADS = ("spot", "pairwise", "offset")
+#: ``offset`` head: snippets per unit of the conv's output, and the soft box's edge width in snippets
+#: (a wide edge keeps the mask loss's gradient alive far from the box; the 0.5 level is the box)
+OFFSET_SCALE = 16.0
+OFFSET_TAU = 4.0
 
 
 class SnippetEmbedding(nn.Module):
@@ -116,6 +126,20 @@ def sinusoid(t: int, dim: int) -> torch.Tensor:
     pe[0::2] = torch.sin(pos * freq)[: (dim + 1) // 2]
     pe[1::2] = torch.cos(pos * freq)[: dim // 2]
     return pe
+
+
+def offset_logits(ds: torch.Tensor, de: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Soft-box logits of the ``offset`` head: ``min(j - t + ds, t + de - j) / OFFSET_TAU``.
+
+    ``ds``, ``de`` ``[B, R]`` extents of the R rows at positions ``rows`` (``[R]`` or ``[B, R]``),
+    ``cols`` ``[T]`` column positions -> ``[B, R, T]``."""
+    t = rows.to(ds.dtype)
+    if t.dim() == 1:
+        t = t.unsqueeze(0)
+    j = cols.to(ds.dtype)[None, None, :]
+    start = (t - ds).unsqueeze(2)  # start, end: [B, R, 1]
+    end = (t + de).unsqueeze(2)
+    return torch.minimum(j - start, end - j) * (1.0 / OFFSET_TAU)
 
 
 def relative_index(t: int) -> torch.Tensor:
@@ -242,6 +266,9 @@ class SPOT(nn.Module):
         self.mask_conv = nn.Conv1d(e, cfg.mask_hidden, kernel_size=3, padding=1)
         if cfg.mask_head == "spot":
             self.mask_out = nn.Conv1d(cfg.mask_hidden, t, kernel_size=1, bias=False)
+        elif cfg.mask_head == "offset":
+            self.mask_box = nn.Conv1d(cfg.mask_hidden, 2, kernel_size=1)
+            self.register_buffer("mask_pos", torch.arange(t, dtype=torch.float32), persistent=False)
         else:
             self.mask_q = nn.Conv1d(cfg.mask_hidden, cfg.mask_dim, kernel_size=1)
             self.mask_k = nn.Conv1d(cfg.mask_hidden, cfg.mask_dim, kernel_size=1)
@@ -291,10 +318,19 @@ class SPOT(nn.Module):
         """``pairwise`` head: the relative-offset bias as a [T, T] map, ``b(j - t)`` at [t, j]."""
         return self.mask_rel_bias[self.mask_rel_index]
 
+    def mask_extent(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``offset`` head: each snippet's distances to its instance's start and end, in snippets,
+        from h [B, hidden, T]: ``(ds, de)``, each [B, T]."""
+        box = self.mask_box(h) * OFFSET_SCALE  # box: [B, 2, T]
+        return box[:, 0], box[:, 1]
+
     def mask_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Mask logits from the hidden map. h: [B, hidden, T] -> [B, T(row), T(col)]."""
         if self.cfg.mask_head == "spot":
             return self.mask_out(h)
+        if self.cfg.mask_head == "offset":
+            ds, de = self.mask_extent(h)
+            return offset_logits(ds, de, self.mask_pos[: h.shape[2]], self.mask_pos[: h.shape[2]])
         q, k = self.mask_qk(h)
         return torch.matmul(q.transpose(1, 2), k) + self.mask_bias()
 

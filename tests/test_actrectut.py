@@ -23,6 +23,7 @@ from spot_core.actrectut import (
     forbidden_cuts,
     load_subjects,
     stack_context,
+    variant_config,
 )
 from spot_core.config import SpotConfig
 from spot_core.data.annotations import Instance, Video
@@ -219,3 +220,22 @@ def test_variant_switches_and_the_preset_ramp_up():
         sup = variant_config(cfg, v, 0)
         assert sup.semi.rampup_epochs == 0 and not sup.semi.use_unlabeled
     assert cfg.override(list(SPOT_ORIGINAL_ACTRECTUT)).semi.rampup_epochs == 0
+
+
+def test_head_choice_scores_only_the_unlabelled_pieces_of_the_training_subject(shared_data):
+    """benchmarks.head_choice: the held-out set is the training subject's unlabelled pieces, every
+    one of their instances, none of the labelled pieces' ones; the other subject is not read."""
+    from benchmarks.head_choice import unlabelled_held_out
+
+    classes, streams = load_subjects(shared_data / "actrectut")
+    s = streams["subject1_gesture"]
+    cfg = variant_config(SpotConfig.preset("actrectut"), "sup10", 0)
+    split = build_split(cfg, classes, s, s, labeled_fraction=0.1, split_seed=0)
+    held, windows = unlabelled_held_out(split, s)
+    lab = [split.pieces[i] for i in split.labeled_pieces]
+    unlab_snippets = sum(b - a for i, (a, b) in enumerate(split.pieces) if i not in split.labeled_pieces)
+    assert sum(held.durations().values()) == pytest.approx(unlab_snippets / SNIPPET_RATE)
+    in_lab = [i for i in s.video.instances if any(a <= i.start * SNIPPET_RATE < b for a, b in lab)]
+    n_held = sum(len(v.instances) for v in held.videos.values())
+    assert in_lab and n_held == len(s.video.instances) - len(in_lab)
+    assert windows and all(w.video_id in held.videos for w in windows)

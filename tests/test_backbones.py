@@ -36,7 +36,7 @@ def toy_local(*extra: str) -> SpotConfig:
 
 
 @pytest.mark.parametrize("backbone", ["spot", "local", "conv"])
-@pytest.mark.parametrize("mask_head", ["spot", "pairwise"])
+@pytest.mark.parametrize("mask_head", ["spot", "pairwise", "offset"])
 @pytest.mark.parametrize("cls_head", ["linear", "conv"])
 @pytest.mark.parametrize("t", [1, 7, 20])
 def test_every_backbone_and_head_keeps_the_contract(backbone, mask_head, cls_head, t):
@@ -250,7 +250,7 @@ def test_semi_supervised_recipe_with_the_local_backbone(tmp_path):
 
 
 # --------------------------------------------------------------------------------------- the stack
-@pytest.mark.parametrize("mask_head", ["spot", "pairwise"])
+@pytest.mark.parametrize("mask_head", ["spot", "pairwise", "offset"])
 def test_onnx_export_of_the_new_default_at_two_batch_sizes(tmp_path, make_model, make_features, mask_head):
     pytest.importorskip("onnxscript")
     from export.onnx import export_onnx
@@ -271,7 +271,7 @@ def test_onnx_export_of_the_new_default_at_two_batch_sizes(tmp_path, make_model,
         assert props["segments"].shape[0] == b
 
 
-@pytest.mark.parametrize("mask_head", ["pairwise", "spot"])
+@pytest.mark.parametrize("mask_head", ["pairwise", "spot", "offset"])
 def test_fused_path_follows_the_new_heads(make_model, make_features, mask_head):
     from kernels.pipeline import fused_detect
 
@@ -327,3 +327,31 @@ def test_train_stride_makes_training_crops_only(tmp_path):
     n_dense = len(load_dataset(data, dense, "training")[1])
     assert n_dense > 3 * n_train
     assert len(load_dataset(data, dense, "validation")[1]) == len(load_dataset(data, cfg, "validation")[1])
+
+
+def test_offset_head_rows_are_boxes_relative_to_each_snippet():
+    """``offset``: row t is above 0.5 exactly on t - ds_t < j < t + de_t, and shifting the input
+    shifts the extents with it (no absolute columns: translation-equivariant away from the edges)."""
+    from spot_core.model import OFFSET_SCALE
+
+    cfg = toy_local("model.mask_head=offset", "model.abs_pos=false")
+    torch.manual_seed(0)
+    model = SPOT(cfg.model).eval()
+    T = cfg.model.num_snippets
+    with torch.no_grad():
+        model.mask_box.weight.zero_()
+        model.mask_box.bias.copy_(torch.tensor([3.0, 5.5]) / OFFSET_SCALE)  # ds = 3, de = 5.5 everywhere
+        x = torch.randn(1, cfg.model.feat_dim, T)
+        _, mask = model(x)
+    j = torch.arange(T)
+    for t in (0, 10, T - 1):
+        inside = (j > t - 3) & (j < t + 5.5)
+        assert torch.equal(mask[0, t] > 0.5, inside)
+    with torch.no_grad():  # a learnt head: its extents move with the content, not with the column
+        model.mask_box.reset_parameters()
+        ds, de = model.mask_extent(model.mask_hidden(model.embed(x)))
+        shifted = torch.roll(x, 8, dims=2)
+        ds2, de2 = model.mask_extent(model.mask_hidden(model.embed(shifted)))
+    mid = slice(20, T - 28)  # away from the zero padding of the convs and the window edges
+    torch.testing.assert_close(ds2[0, 8:][mid], ds[0, :-8][mid], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(de2[0, 8:][mid], de[0, :-8][mid], atol=1e-4, rtol=1e-4)

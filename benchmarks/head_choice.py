@@ -1,0 +1,136 @@
+"""Few-label model choices of the ``actrectut`` preset, made without test data:
+``python -m benchmarks.head_choice --arms A=overrides ...``.
+
+For each training subject and seed, the protocol's 10 % label split of that subject's stream (the
+same seeded draw of ~1-minute pieces as ``--variant sup10``) trains each arm, supervised on the
+labelled pieces only, and every arm is scored on the *unlabelled* pieces of the same subject (their
+hidden labels, in ~150-second pieces, tIoU 0.3:0.1:0.7). The other subject (the protocol's test
+stream) is never read. This is the development protocol for few-label choices: it measures how well
+a few labelled minutes generalise to the rest of a stream, which is what separates the 10 % rows
+from the 100 % ones. One torch thread. Prints one JSON line per subject, seed and arm and writes
+``benchmarks/results/head_choice.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spot_core.cli import reports_errors, setup_logging
+from spot_core.outputs import write_text_atomic
+
+RESULTS = Path(__file__).resolve().parent / "results" / "head_choice.json"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "actrectut"
+
+
+def unlabelled_held_out(split, stream, piece_sec: float = 150.0):
+    """The unlabelled runs of ``split``'s training stream as a scored set: ``(AnnotationSet, windows)``,
+    each run cut at background into ~``piece_sec`` pieces, standardised with the split's statistics."""
+    from spot_core.actrectut import SNIPPET_RATE
+    from spot_core.data.annotations import AnnotationSet
+    from spot_core.data.streams import cut_pieces, join_runs, sub_video
+    from spot_core.data.windows import make_windows
+
+    status = [i in set(split.labeled_pieces) for i in range(len(split.pieces))]
+    videos, feats = {}, {}
+    for j, (a, b, labeled) in enumerate(join_runs(split.pieces, status)):
+        if labeled:
+            continue
+        run = sub_video(stream.video, a, b, "run", "validation", True, SNIPPET_RATE)
+        for i, (pa, pb) in enumerate(cut_pieces(run, b - a, piece_sec, SNIPPET_RATE)):
+            name = f"{stream.name}/held{j:02d}_{i:02d}"
+            videos[name] = sub_video(stream.video, a + pa, a + pb, name, "validation", True, SNIPPET_RATE)
+            feats[name] = split.stats.apply(stream.features[a + pa : a + pb])
+    held = AnnotationSet(videos, list(split.cfg.class_names))
+    windows = make_windows(held, feats, split.cfg, snippet_rate=SNIPPET_RATE, targets=False, progress=False)
+    return held, windows
+
+
+def held_out_arm(data: Path, subject: str, seed: int, sets: tuple[str, ...]) -> dict[str, Any]:
+    """Train the ``sup10`` row of the preset + ``sets`` on ``subject``'s labelled pieces and score it
+    on that subject's unlabelled pieces. Returns ``{"average_mAP": %, "labeled_s", "held_out_s"}``."""
+    from spot_core.actrectut import build_split, default_train_stride, load_subjects, variant_config
+    from spot_core.checkpoint import load_model
+    from spot_core.config import SpotConfig
+    from spot_core.evaluation import PROTOCOLS, evaluate_detection
+    from spot_core.inference import predict_windows
+    from spot_core.training import train_on_windows
+
+    classes, streams = load_subjects(data)
+    s = streams[subject]
+    cfg = variant_config(SpotConfig.preset("actrectut").override(list(sets)), "sup10", seed)
+    split = build_split(
+        cfg, classes, s, s, labeled_fraction=0.1, split_seed=seed, train_stride=default_train_stride(cfg)
+    )
+    held, windows = unlabelled_held_out(split, s)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(seed)
+        train_on_windows(
+            split.cfg, [w for w in split.train_windows if w.labeled], None, [], tmp, progress=False
+        )
+        model, mcfg = load_model(Path(tmp) / "last.safetensors")
+    preds = predict_windows(model, windows, mcfg, durations=held.durations())
+    res = evaluate_detection(held, preds["results"], PROTOCOLS["thumos"], subset=None).to_dict()
+    return {
+        "average_mAP": round(100 * res["average_mAP"], 2),
+        "labeled_s": split.labeled_seconds,
+        "held_out_s": round(sum(held.durations().values()), 1),
+    }
+
+
+def parse_arm(text: str) -> tuple[str, tuple[str, ...]]:
+    """``name=override,override`` -> (name, overrides); ``name=`` is the preset itself."""
+    name, sep, rest = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(
+            f"an arm is NAME=OVERRIDE[,OVERRIDE...] (NAME= for none), got {text!r}"
+        )
+    return name, tuple(o for o in rest.split(",") if o)
+
+
+@reports_errors
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.head_choice", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--subjects", nargs="+", default=["subject1_gesture", "subject2_gesture"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument(
+        "--arms", type=parse_arm, nargs="+", required=True,
+        help="NAME=OVERRIDE[,OVERRIDE...] of the actrectut preset per arm (NAME= for the preset)",
+    )  # fmt: skip
+    p.add_argument("--json", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    setup_logging(1)
+    torch.set_num_threads(1)
+    if not args.data.is_dir():
+        p.error(f"--data {args.data}: no such folder (the ActRecTut streams, ../shared/data/actrectut)")
+    rows = []
+    for seed in args.seeds:
+        for subject in args.subjects:
+            for name, sets in args.arms:
+                row = {"subject": subject, "seed": seed, "arm": name, "sets": list(sets)}
+                row.update(held_out_arm(args.data, subject, seed, sets))
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    means = {}
+    for name, _ in args.arms:
+        vals = [r["average_mAP"] for r in rows if r["arm"] == name]
+        means[name] = round(sum(vals) / len(vals), 2)
+    print(json.dumps({"mean_average_mAP": means}), flush=True)
+    arms = " ".join(f"{n}={','.join(s)}" for n, s in args.arms)
+    command = f"python -m benchmarks.head_choice --seeds {' '.join(map(str, args.seeds))} --arms {arms}"
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(
+        args.json, json.dumps({"command": command, "runs": rows, "mean": means}, indent=1) + "\n"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
