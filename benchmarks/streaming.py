@@ -234,9 +234,13 @@ def serve(
     rate: float = 4.0,
     check_exact: int = 0,
     reference: Session | None = None,
+    push: str = "one",
 ) -> dict[str, Any]:
     """Many streams served by one session: ``streams`` streams open at once, pushed round robin in
-    chunks of S snippets as fast as the loop runs, each push running the scheduler (``poll``)
+    chunks of S snippets as fast as the loop runs (``push``: ``one`` call of
+    :meth:`StreamDetector.push` per stream and chunk, or ``many``: one
+    :meth:`StreamDetector.push_many` per round, all streams' chunks as one ``[M, S, C]`` array),
+    each call running the scheduler (``poll``)
     (a partial batch runs once its oldest window waited ``max_delay_s``), so every model call takes
     windows of many streams, padded to the session's bucket. Reported: windows/s and each window's
     latency (from the push that completed it to its decoded detections) p50 / p99 in ms.
@@ -247,6 +251,8 @@ def serve(
     """
     from runtime.offline import offline_detect
 
+    if push not in ("one", "many"):
+        raise ValueError(f"push must be 'one' or 'many', got {push!r}")
     cfg = session.cfg
     T, S, C = cfg.model.num_snippets, cfg.data.stride, cfg.model.feat_dim
     length = T + (windows_per_stream - 1) * S
@@ -265,8 +271,12 @@ def serve(
     pos, first = 0, True
     while pos < length:
         step = T if first else S
-        for sid, off in zip(ids, offsets, strict=True):
-            det.push(sid, pool[off + pos : off + min(pos + step, length)])  # push() polls
+        end = min(pos + step, length)
+        if push == "many":
+            det.push_many(ids, np.stack([pool[off + pos : off + end] for off in offsets]))
+        else:
+            for sid, off in zip(ids, offsets, strict=True):
+                det.push(sid, pool[off + pos : off + end])  # push() polls
         pos += step
         first = False
     det.flush()
@@ -276,6 +286,7 @@ def serve(
     lat = sorted(det.window_latencies)
     out: dict[str, Any] = {
         "streams": streams,
+        "push": push,
         "batch_size": session.batch_size,
         "buckets": list(getattr(session, "buckets", [session.batch_size])),
         "max_delay_ms": 1e3 * max_delay_s,

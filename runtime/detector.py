@@ -54,6 +54,9 @@ BYTES_PER_DETECTION = 16
 CLOSED_IDS_KEPT = 10_000
 #: how many per-window latencies ``record_latency`` keeps
 LATENCIES_KEPT = 1_000_000
+#: a stream's feature buffer holds this many windows' worth of snippets, so the spent rows are moved
+#: out (one copy of < T rows) once every ~T / S windows instead of a shift after every window
+BUFFER_WINDOWS = 2
 
 
 class StreamError(SpotError, ValueError):
@@ -97,8 +100,9 @@ class _Stream:
     sid: str
     rate: float
     sec: float
-    buf: np.ndarray  # [T, C] float32; rows [0, fill) are snippets buf_start.. of the stream
+    buf: np.ndarray  # [BUFFER_WINDOWS * T, C] float32; rows [lo, fill) are snippets buf_start.. of the stream
     fill: int = 0
+    lo: int = 0  # buffer row of snippet buf_start (rows before it are spent; compacted when full)
     buf_start: int = 0  # == next_window * stride (invariant)
     received: int = 0  # snippets accepted so far
     next_window: int = 0  # windows enqueued so far (the next one starts at next_window * stride)
@@ -181,7 +185,7 @@ class StreamDetector:
         rate = self.snippet_rate if snippet_rate is None else float(snippet_rate)
         if not (math.isfinite(rate) and rate > 0):
             raise StreamError(sid, f"snippet_rate must be a finite number > 0, got {snippet_rate}")
-        buf = np.zeros((self.window, self.cfg.model.feat_dim), dtype=np.float32)
+        buf = np.zeros((BUFFER_WINDOWS * self.window, self.cfg.model.feat_dim), dtype=np.float32)
         self._streams[sid] = _Stream(sid, rate, 1.0 / rate, buf)
         self._closed.pop(sid, None)
 
@@ -226,24 +230,70 @@ class StreamDetector:
         as it was.
         """
         st = self._get(stream_id)
-        x = self._validate(st, features)
+        self._append(st, self._validate(st, features))
+        return self.poll()
+
+    def push_many(self, stream_ids: Sequence[str], features: Any) -> list[Detection]:
+        """One chunk for each of several streams, then the windows that are due: a serving loop's call.
+
+        ``features``: one chunk per id (a sequence of ``[n_i, C]``), or one array ``[M, n, C]`` for
+        M ids (validated in one pass). Every chunk is checked before any is stored: a bad one raises
+        :class:`StreamError` naming its stream and row, and no stream changes. The windows are those
+        of pushing each chunk in turn, in the order given (the same final outputs); the scheduler
+        runs once, after the last chunk, so a partial batch can take windows of all of them."""
+        ids = [str(i) for i in stream_ids]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise StreamError(dup, "appears twice in one push_many call")
+        streams = [self._get(i) for i in ids]
+        if isinstance(features, torch.Tensor):
+            features = features.detach().cpu().numpy()
+        if isinstance(features, np.ndarray) and features.ndim == 3:
+            if features.shape[0] != len(ids):
+                raise StreamError(
+                    ids[0] if ids else "?", f"{len(ids)} stream ids but features {features.shape}"
+                )
+            M, n, C = features.shape
+            try:
+                flat = as_chunk(features.reshape(M * n, C), self.cfg.model.feat_dim)
+            except ChunkError as e:
+                st = streams[e.row // n] if n else streams[0]
+                raise StreamError(st.sid, str(e), st.received + (e.row % n if n else 0)) from None
+            chunks = list(flat.reshape(M, n, C))
+        else:
+            chunks = list(features)
+            if len(chunks) != len(ids):
+                raise StreamError(ids[0] if ids else "?", f"{len(ids)} stream ids but {len(chunks)} chunks")
+            chunks = [self._validate(st, x) for st, x in zip(streams, chunks, strict=True)]
+        for st, x in zip(streams, chunks, strict=True):
+            self._append(st, x)
+        return self.poll()
+
+    def _append(self, st: _Stream, x: np.ndarray) -> None:
+        """Store a checked chunk ``[n, C]`` and queue the windows it completes (running full batches)."""
         T, S = self.window, self.stride
+        buf, cap = st.buf, st.buf.shape[0]
         pos, n = 0, x.shape[0]
         while pos < n:
-            take = min(n - pos, T - st.fill)  # >= 1: fill < T between windows
-            st.buf[st.fill : st.fill + take] = x[pos : pos + take]
+            if st.fill == cap:  # move the live rows [lo, fill) (< T of them) to the front
+                k = st.fill - st.lo
+                buf[:k] = buf[st.lo : st.fill]
+                st.lo, st.fill = 0, k
+            take = min(n - pos, cap - st.fill)
+            buf[st.fill : st.fill + take] = x[pos : pos + take]
             st.fill += take
             st.received += take
             pos += take
-            while st.fill >= T:  # window next_window is complete: [buf_start, buf_start + T)
-                self._queue.append(_Job(st, st.next_window, st.buf[:T].copy(), T, time.perf_counter()))
+            if st.fill - st.lo < T:
+                continue
+            now = time.perf_counter()
+            while st.fill - st.lo >= T:  # window next_window is complete: [buf_start, buf_start + T)
+                self._queue.append(_Job(st, st.next_window, buf[st.lo : st.lo + T].copy(), T, now))
                 st.next_window += 1
-                st.buf[: st.fill - S] = st.buf[S : st.fill]
-                st.fill -= S
+                st.lo += S
                 st.buf_start += S
                 if len(self._queue) >= self.session.batch_size:
                     self._run_batch()
-        return self.poll()
 
     # ------------------------------------------------------------------ scheduling
     def poll(self) -> list[Detection]:
@@ -377,9 +427,9 @@ class StreamDetector:
             n_windows = len(window_starts(N, T, S))
             if n_windows > st.next_window:  # the last, partial window (zero padded, valid length masked)
                 valid = N - st.buf_start
-                assert n_windows == st.next_window + 1 and valid == st.fill and 0 < valid < T
+                assert n_windows == st.next_window + 1 and valid == st.fill - st.lo and 0 < valid < T
                 feats = np.zeros((T, st.buf.shape[1]), dtype=np.float32)
-                feats[:valid] = st.buf[:valid]
+                feats[:valid] = st.buf[st.lo : st.lo + valid]
                 self._queue.append(_Job(st, st.next_window, feats, valid, time.perf_counter()))
                 st.next_window += 1
         try:

@@ -217,6 +217,57 @@ def test_bad_chunks_are_rejected_and_other_streams_go_on():
     assert det.close("empty") == []
 
 
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n_streams=st.integers(1, 5),
+    length=st.integers(1, 300),
+    chunk=st.integers(1, 90),
+    stride=st.sampled_from([16, 32, 64]),
+    batch=st.sampled_from([1, 3, 8]),
+    stacked=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_push_many_equals_each_stream_alone(n_streams, length, chunk, stride, batch, stacked, seed):
+    """push_many (one [M, n, C] array or a list of chunks) gives every stream its offline output."""
+    session = SESSIONS[batch]
+    ids = [f"s{i}" for i in range(n_streams)]
+    feats = np.stack([_feats(length, seed + i) for i in range(n_streams)])  # [M, N, C]
+    det = StreamDetector(session, stride=stride, snippet_rate=RATE, max_delay_s=0.001)
+    for sid in ids:
+        det.open(sid)
+    for pos in range(0, length, chunk):
+        part = feats[:, pos : pos + chunk]
+        det.push_many(ids, part if stacked else list(part))
+    for i, sid in enumerate(ids):
+        want = offline_detect(session, feats[i], stride=stride, snippet_rate=RATE, video_id=sid)["results"][
+            sid
+        ]
+        assert det.close_json(sid)[0] == want
+
+
+def test_push_many_checks_every_chunk_before_storing_any():
+    det = StreamDetector(SESSIONS[3], stride=32, snippet_rate=RATE)
+    for sid in ("a", "b"):
+        det.open(sid)
+    det.push("b", _feats(7, 0))
+    x = np.stack([_feats(10, 1), _feats(10, 2)])
+    x[1, 4, 3] = np.inf
+    with pytest.raises(StreamError, match=r"stream 'b' at snippet 11: non-finite value inf in channel 3"):
+        det.push_many(["a", "b"], x)
+    with pytest.raises(StreamError, match=r"stream 'b' at snippet 11: non-finite"):
+        det.push_many(["a", "b"], list(x))
+    with pytest.raises(StreamError, match="twice"):
+        det.push_many(["a", "a"], x)
+    with pytest.raises(StreamError, match="2 stream ids but features"):
+        det.push_many(["a", "b"], x[:1])
+    with pytest.raises(StreamError, match="'c': unknown stream"):
+        det.push_many(["a", "c"], x)
+    assert det._streams["a"].received == 0 and det._streams["b"].received == 7  # nothing stored
+    x[1, 4, 3] = 0.0
+    det.push_many(["a", "b"], x)
+    assert (det._streams["a"].received, det._streams["b"].received) == (10, 17)
+
+
 class _FailOn(EagerSession):
     """Raises on any batch holding a window whose first feature is the sentinel."""
 

@@ -142,7 +142,7 @@ def as_chunk(features: Any, feat_dim: int) -> np.ndarray:
         raise ChunkError(f"a chunk must be [n, C={C}], got shape {x.shape}")
     if x.shape[1] != C:
         raise ChunkError(f"chunk has {x.shape[1]} channels per snippet, the model expects {C}")
-    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+    if x.dtype.kind not in "fiu":  # float, signed or unsigned integer (not bool, complex, object...)
         raise ChunkError(f"chunk must be real numbers, got dtype {x.dtype}")
     if x.dtype != np.float32 or not x.flags.c_contiguous:
         with np.errstate(over="ignore"):
