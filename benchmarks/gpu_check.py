@@ -580,9 +580,10 @@ def runtime_gpu(dev: torch.device, dry: bool, rep: Report) -> dict[str, Any]:
             buckets=[b for b in (1, 8, 64) if b < max(streams)],
         )
         one = FusedSession(model, cfg, device=dev, batch_size=max(streams), precision=prec)
-        serve(bucketed, 2, windows_per_stream=2)  # warm-up
-        rows = [serve(bucketed, n, windows_per_stream=wps, check_exact=2) for n in streams]
-        rows.append(serve(one, max(streams), windows_per_stream=wps, check_exact=4))
+        serve(bucketed, 2, windows_per_stream=2, push="many")  # warm-up
+        rows = [serve(bucketed, n, windows_per_stream=wps, check_exact=2, push="many") for n in streams]
+        rows.append(serve(one, max(streams), windows_per_stream=wps, check_exact=4, push="many"))
+        rows.append(serve(one, max(streams), windows_per_stream=wps, push="one"))  # a push per stream
         out[f"serve_{prec}"] = rows
         rep.save_partial("runtime_gpu", out)
     # the runtime's own cost: the same serving loop with a model that costs nothing

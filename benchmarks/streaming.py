@@ -493,22 +493,28 @@ def host_ceiling(
     batch_size: int = 256,
     windows_per_stream: int = 32,
 ) -> list[dict[str, Any]]:
-    """:func:`serve` with :class:`NullSession`: the runtime's windows/s without a model."""
+    """:func:`serve` with :class:`NullSession`: the runtime's windows/s without a model, for both
+    ways of pushing (``push_many`` per round, and a ``push`` per stream)."""
     _, cfg = random_model(preset)
     sess = NullSession(cfg, device="cpu", batch_size=batch_size, pad=True)
-    return [serve(sess, n, windows_per_stream=windows_per_stream) for n in streams]
+    serve(sess, min(2, max(streams)), windows_per_stream=2)  # warm-up
+    return [
+        serve(sess, n, windows_per_stream=windows_per_stream, push=push)
+        for push in ("many", "one")
+        for n in streams
+    ]
 
 
 def serve_table(rows: Sequence[dict]) -> str:
     lines = [
-        "| streams | buckets | max delay ms | windows | model calls | windows/s | p50 ms/window "
+        "| streams | push | buckets | max delay ms | windows | model calls | windows/s | p50 ms/window "
         "| p99 ms/window | exact streams |"
     ]
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         exact = f"{r['exact_streams']} / {r['exact_checked']}" if "exact_checked" in r else "-"
         lines.append(
-            f"| {r['streams']} | {','.join(map(str, r['buckets']))} | {r['max_delay_ms']:g} | "
+            f"| {r['streams']} | {r['push']} | {','.join(map(str, r['buckets']))} | {r['max_delay_ms']:g} | "
             f"{r['windows']} | "
             f"{r['model_calls']} | {r['windows_per_s']:.0f} | {r['latency_p50_ms']:.2f} | "
             f"{r['latency_p99_ms']:.2f} | {exact} |"
@@ -529,6 +535,7 @@ def serve_benchmark(
     windows_per_stream: int = 8,
     check_exact: int = 4,
     threads: int | None = 1,
+    push: str = "many",
 ) -> dict[str, Any]:
     """:func:`serve` for each number of streams, after a warm-up run, on one session of
     ``backend``; exactness checked against each stream run alone through the same session."""
@@ -547,11 +554,16 @@ def serve_benchmark(
             buckets=buckets,
             precision=precision,
         )
-    serve(sess, min(2, max(streams)), windows_per_stream=2, max_delay_s=max_delay_s)  # warm-up
+    serve(sess, min(2, max(streams)), windows_per_stream=2, max_delay_s=max_delay_s, push=push)  # warm-up
     rows = [
         serve(
-            sess, n, windows_per_stream=windows_per_stream, max_delay_s=max_delay_s, check_exact=check_exact
-        )
+            sess,
+            n,
+            windows_per_stream=windows_per_stream,
+            max_delay_s=max_delay_s,
+            check_exact=check_exact,
+            push=push,
+        )  # fmt: skip
         for n in streams
     ]
     return {"backend": backend, "device": device, "preset": preset, "precision": precision, "rows": rows}
@@ -577,6 +589,10 @@ def serve_main(argv: Sequence[str]) -> int:
     ap.add_argument("--max-delay-ms", type=float, default=5.0, help="latency budget of a partial batch")
     ap.add_argument("--windows-per-stream", type=int, default=8)
     ap.add_argument("--check-exact", type=int, default=4, help="streams compared with the stream run alone")
+    ap.add_argument(
+        "--push", default="many", choices=("one", "many"),
+        help="many: one push_many call per round for all streams (default); one: a push per stream",
+    )  # fmt: skip
     ap.add_argument("--json", help="write the report here")
     a = ap.parse_args(argv)
     check_output(a.json)
@@ -588,7 +604,7 @@ def serve_main(argv: Sequence[str]) -> int:
     rep = serve_benchmark(
         a.backend, a.device, streams, preset=a.preset, batch_size=a.batch_size, buckets=a.buckets,
         precision=a.precision, max_delay_s=a.max_delay_ms / 1e3, windows_per_stream=a.windows_per_stream,
-        check_exact=a.check_exact,
+        check_exact=a.check_exact, push=a.push,
     )  # fmt: skip
     info = device_info()
     if torch.device(a.device).type == "cuda":
