@@ -96,6 +96,9 @@ class LossConfig:
     mask_bce_weight: float = 0.4
     mask_dice_weight: float = 0.6
     label_smoothing: float = 0.0  # of the classification targets (labelled and pseudo-labels)
+    # ``offset`` mask head: weight of the GIoU loss of each foreground snippet's regressed extent
+    # against its instance's (from the mask target; 0: the mask loss alone trains the extents)
+    extent_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -516,6 +519,8 @@ def validate(cfg: SpotConfig) -> None:
         raise ConfigError(f"train.autocast must be 'off' or 'bf16', got {tr.autocast!r}")
     if tr.ema_decay is not None and not 0.0 < tr.ema_decay < 1.0:
         raise ConfigError(f"train.ema_decay must be in (0, 1) or null, got {tr.ema_decay}")
+    if not (math.isfinite(cfg.loss.extent_weight) and cfg.loss.extent_weight >= 0):
+        raise ConfigError(f"loss.extent_weight must be a finite number >= 0, got {cfg.loss.extent_weight}")
     if not 0.0 <= cfg.loss.label_smoothing < 1.0:
         raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {cfg.loss.label_smoothing}")
     if tr.optimizer not in ("adam", "adamw"):

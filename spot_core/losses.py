@@ -90,6 +90,44 @@ def mask_loss(
     )
 
 
+def extent_loss(extent: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """GIoU loss of the ``offset`` head's extents against the mask target's instances.
+
+    ``extent`` [B, 2, T]: each snippet's distances (ds, de) to its instance's start and end, in
+    snippets; ``target`` [B, T, T] (row t: t's instance block, empty for background). A foreground
+    snippet t (``target[t, t]``) of an instance on columns [s, e] wants ds = t - s + 0.5 and
+    de = e - t + 0.5 (the box's 0.5 level then runs through the half-snippet around the block).
+    Mean over the real foreground snippets; 0 when there is none."""
+    B, _, T = extent.shape
+    tgt = target > 0.5
+    fg = tgt.diagonal(dim1=1, dim2=2)  # fg: [B, T]
+    if valid is not None:
+        fg = fg & valid.bool()
+    if not bool(fg.any()):
+        return extent.sum() * 0.0
+    col = torch.arange(T, device=extent.device)
+    t = col.to(extent.dtype)[None, :]
+    s = torch.where(tgt, col, T).amin(-1).to(extent.dtype)  # s, e: [B, T] first / last column of row t
+    e = torch.where(tgt, col, -1).amax(-1).to(extent.dtype)
+    ds_t, de_t = t - s + 0.5, e - t + 0.5
+    ds, de = extent[:, 0].float(), extent[:, 1].float()
+    # both intervals contain t's own position when ds, de >= 0; unclamped, an empty or inverted
+    # prediction (ds + de < 0) still has a gradient towards the target (union >= the target's length)
+    inter = torch.minimum(ds, ds_t) + torch.minimum(de, de_t)
+    union = (ds + de) + (ds_t + de_t) - inter
+    hull = torch.maximum(ds, ds_t) + torch.maximum(de, de_t)
+    giou = inter / union - (hull - union) / hull
+    return (1.0 - giou)[fg].mean()
+
+
+def _mask_terms(out: dict[str, torch.Tensor], target: torch.Tensor, valid, cfg: LossConfig) -> torch.Tensor:
+    """The mask loss, plus the extent loss when the head regresses extents (``offset``)."""
+    msk = mask_loss(out["mask"], target, valid, cfg)
+    if "extent" in out and cfg.extent_weight > 0:
+        msk = msk + cfg.extent_weight * extent_loss(out["extent"], target, valid)
+    return msk
+
+
 def supervised_loss(
     out: dict[str, torch.Tensor],
     cls_target: torch.Tensor,
@@ -99,7 +137,7 @@ def supervised_loss(
 ) -> dict[str, torch.Tensor]:
     """The labelled-window loss. Returns ``{"loss", "cls", "mask"}`` (scalars)."""
     cls = focal_cross_entropy(out["logits"], cls_target, valid, cfg.focal_gamma, cfg.label_smoothing)
-    msk = mask_loss(out["mask"], mask_target, valid, cfg)
+    msk = _mask_terms(out, mask_target, valid, cfg)
     return {"loss": cfg.cls_weight * cls + msk, "cls": cls.detach(), "mask": msk.detach()}
 
 
@@ -143,7 +181,7 @@ def unlabeled_loss(
     src = out if teacher is None else teacher
     cls_t, keep, mask_t = pseudo_targets(src, valid, cls_threshold, mask_threshold)
     cls = focal_cross_entropy(out["logits"], cls_t, keep, cfg.focal_gamma, cfg.label_smoothing)
-    msk = mask_loss(out["mask"], mask_t, valid, cfg)
+    msk = _mask_terms(out, mask_t, valid, cfg)
     n_real = keep.numel() if valid is None else valid.sum().clamp_min(1)
     confident = keep.sum() / n_real
     return {

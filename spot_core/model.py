@@ -353,6 +353,12 @@ class SPOT(nn.Module):
     def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training forward: logits, mask, the embedding [B, E, T] and the clip-order logits [B, 2]."""
         emb = self.embed(x)
+        if self.cfg.mask_head == "offset":  # the extents too, for their own loss (losses.extent_loss)
+            logits, h = self.classify(emb), self.mask_hidden(emb)
+            ds, de = self.mask_extent(h)
+            mask = torch.sigmoid(self.mask_logits(h))
+            out = {"logits": logits, "mask": mask, "extent": torch.stack([ds, de], 1)}
+            return {**out, "embedding": emb, "clip_order": self.clip_order(emb)}
         logits, mask = self.heads(emb)
         return {"logits": logits, "mask": mask, "embedding": emb, "clip_order": self.clip_order(emb)}
 

@@ -120,7 +120,7 @@ _ADDED_LATER = {
     ),
     "data": ("train_stride",),
     "train": ("ema_decay", "optimizer", "time_warp"),
-    "loss": ("label_smoothing",),
+    "loss": ("label_smoothing", "extent_weight"),
     "semi": ("pretrain_steps_per_epoch", "self_train_rounds", "self_train_score", "teacher"),
     "decode": ("stitch",),
 }  # fmt: skip

@@ -116,3 +116,24 @@ def test_checkpoint_roundtrip_and_mismatch(tmp_path) -> None:
         load_model(bad)
     with pytest.raises(CheckpointError, match="not found"):
         load_model(tmp_path / "missing.safetensors")
+
+
+def test_extent_loss_is_zero_at_the_instance_and_pulls_towards_it():
+    from spot_core.losses import extent_loss
+
+    T = 12
+    tgt = torch.zeros(1, T, T)
+    tgt[0, 2:6, 2:6] = 1.0  # one instance on snippets 2..5; other rows are background
+    t = torch.arange(T, dtype=torch.float32)
+    exact = torch.stack([t - 2 + 0.5, 5 - t + 0.5])[None]  # [1, 2, T]
+    assert extent_loss(exact, tgt, None).item() == pytest.approx(0.0, abs=1e-6)
+    assert extent_loss(exact * 0.5, tgt, None).item() == pytest.approx(0.5)  # half the length
+    junk = exact.clone()
+    junk[0, :, 7:] = 1e3  # background rows do not count
+    assert extent_loss(junk, tgt, None).item() == pytest.approx(0.0, abs=1e-6)
+    valid = torch.ones(1, T, dtype=torch.bool)
+    valid[0, 2:6] = False  # no real foreground snippet: 0, with a graph
+    assert extent_loss(exact * 0.5, tgt, valid).item() == 0.0
+    empty = (-exact).requires_grad_(True)  # inverted boxes still get a gradient towards the target
+    extent_loss(empty, tgt, None).backward()
+    assert (empty.grad[0, :, 2:6] < 0).all()
