@@ -2,13 +2,15 @@
 ``python -m benchmarks.head_choice --arms A=overrides ...``.
 
 For each training subject and seed, the protocol's 10 % label split of that subject's stream (the
-same seeded draw of ~1-minute pieces as ``--variant sup10``) trains each arm, supervised on the
-labelled pieces only, and every arm is scored on the *unlabelled* pieces of the same subject (their
-hidden labels, in ~150-second pieces, tIoU 0.3:0.1:0.7). The other subject (the protocol's test
-stream) is never read. This is the development protocol for few-label choices: it measures how well
-a few labelled minutes generalise to the rest of a stream, which is what separates the 10 % rows
-from the 100 % ones. One torch thread. Prints one JSON line per subject, seed and arm and writes
-``benchmarks/results/head_choice.json``.
+same seeded draw of ~1-minute pieces as ``spot_core.actrectut --variant sup10``) trains each arm,
+``--variant sup10``: supervised on the labelled pieces only, or ``spot10``: SPOT's semi-supervised
+recipe, which also trains on the unlabelled pieces without their labels. Every arm is scored on the
+*unlabelled* pieces of the same subject (their hidden labels, in ~150-second pieces, tIoU
+0.3:0.1:0.7). The other subject (the protocol's test stream) is never read. This is the development
+protocol for few-label choices: it measures how well a few labelled minutes generalise to the rest
+of the same stream (not to another subject: cross-subject shift is what it cannot see). One torch
+thread. Prints one JSON line per subject, seed and arm and writes
+``benchmarks/results/head_choice_<variant>.json``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from spot_core.cli import reports_errors, setup_logging
 from spot_core.outputs import write_text_atomic
 
-RESULTS = Path(__file__).resolve().parent / "results" / "head_choice.json"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "actrectut"
 
 
@@ -51,9 +53,13 @@ def unlabelled_held_out(split, stream, piece_sec: float = 150.0):
     return held, windows
 
 
-def held_out_arm(data: Path, subject: str, seed: int, sets: tuple[str, ...]) -> dict[str, Any]:
-    """Train the ``sup10`` row of the preset + ``sets`` on ``subject``'s labelled pieces and score it
-    on that subject's unlabelled pieces. Returns ``{"average_mAP": %, "labeled_s", "held_out_s"}``."""
+def held_out_arm(
+    data: Path, subject: str, seed: int, sets: tuple[str, ...], variant: str = "sup10"
+) -> dict[str, Any]:
+    """Train the ``variant`` row (``sup10``: the labelled pieces only; ``spot10``: SPOT's
+    semi-supervised recipe, which also trains on the unlabelled pieces, without their labels) of the
+    preset + ``sets`` on ``subject`` and score it on that subject's unlabelled pieces. Returns
+    ``{"average_mAP": %, "labeled_s", "held_out_s"}``."""
     from spot_core.actrectut import build_split, default_train_stride, load_subjects, variant_config
     from spot_core.checkpoint import load_model
     from spot_core.config import SpotConfig
@@ -63,16 +69,17 @@ def held_out_arm(data: Path, subject: str, seed: int, sets: tuple[str, ...]) -> 
 
     classes, streams = load_subjects(data)
     s = streams[subject]
-    cfg = variant_config(SpotConfig.preset("actrectut").override(list(sets)), "sup10", seed)
+    if variant not in ("sup10", "spot10"):
+        raise ValueError(f"variant must be sup10 or spot10, got {variant!r}")
+    cfg = variant_config(SpotConfig.preset("actrectut").override(list(sets)), variant, seed)
     split = build_split(
         cfg, classes, s, s, labeled_fraction=0.1, split_seed=seed, train_stride=default_train_stride(cfg)
     )
     held, windows = unlabelled_held_out(split, s)
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(seed)
-        train_on_windows(
-            split.cfg, [w for w in split.train_windows if w.labeled], None, [], tmp, progress=False
-        )
+        train = split.train_windows if variant == "spot10" else [w for w in split.train_windows if w.labeled]
+        train_on_windows(split.cfg, train, None, [], tmp, progress=False)
         model, mcfg = load_model(Path(tmp) / "last.safetensors")
     preds = predict_windows(model, windows, mcfg, durations=held.durations())
     res = evaluate_detection(held, preds["results"], PROTOCOLS["thumos"], subset=None).to_dict()
@@ -104,8 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         "--arms", type=parse_arm, nargs="+", required=True,
         help="NAME=OVERRIDE[,OVERRIDE...] of the actrectut preset per arm (NAME= for the preset)",
     )  # fmt: skip
-    p.add_argument("--json", type=Path, default=RESULTS)
+    p.add_argument(
+        "--variant", default="sup10", choices=("sup10", "spot10"),
+        help="sup10: supervised on the labelled pieces (default); spot10: SPOT's semi-supervised recipe",
+    )  # fmt: skip
+    p.add_argument("--json", type=Path, help="default: benchmarks/results/head_choice_<variant>.json")
     args = p.parse_args(argv)
+    args.json = args.json or RESULTS_DIR / f"head_choice_{args.variant}.json"
     setup_logging(1)
     torch.set_num_threads(1)
     if not args.data.is_dir():
@@ -114,8 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         for subject in args.subjects:
             for name, sets in args.arms:
-                row = {"subject": subject, "seed": seed, "arm": name, "sets": list(sets)}
-                row.update(held_out_arm(args.data, subject, seed, sets))
+                row = {
+                    "subject": subject,
+                    "seed": seed,
+                    "variant": args.variant,
+                    "arm": name,
+                    "sets": list(sets),
+                }
+                row.update(held_out_arm(args.data, subject, seed, sets, args.variant))
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     means = {}
@@ -124,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         means[name] = round(sum(vals) / len(vals), 2)
     print(json.dumps({"mean_average_mAP": means}), flush=True)
     arms = " ".join(f"{n}={','.join(s)}" for n, s in args.arms)
-    command = f"python -m benchmarks.head_choice --seeds {' '.join(map(str, args.seeds))} --arms {arms}"
+    seeds = " ".join(map(str, args.seeds))
+    command = f"python -m benchmarks.head_choice --variant {args.variant} --seeds {seeds} --arms {arms}"
     args.json.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(
         args.json, json.dumps({"command": command, "runs": rows, "mean": means}, indent=1) + "\n"

@@ -27,7 +27,7 @@ solved from it.
 Classifier (``model.cls_head``): ``linear`` (the original 1x1 conv E -> K+1) or ``conv``
 (``model.head_layers`` x [conv k=3, LayerNorm, ReLU] then conv k=3 -> K+1).
 
-Mask heads (``model.mask_head``), both from the hidden map ``h = ReLU(conv_k3(emb))`` [B, hidden, T]
+Mask heads (``model.mask_head``), each from the hidden map ``h = ReLU(conv_k3(emb))`` [B, hidden, T]
 (:meth:`SPOT.mask_hidden`):
 
 - ``spot`` (original): ``mask[t, :] = sigmoid(W2[t] @ h)`` with a 1x1 conv hidden -> T, no bias:
