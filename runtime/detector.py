@@ -86,7 +86,7 @@ class Detection:
         return {"label": self.label, "score": self.score, "segment": [self.start, self.end]}
 
 
-@dataclass
+@dataclass(slots=True)
 class _Job:
     stream: _Stream
     index: int  # window index in the stream
@@ -109,12 +109,19 @@ class _Stream:
     done: int = 0  # windows decoded so far (in order: one queue, FIFO)
     closing: bool = False
     error: str | None = None
-    # per window, decoded detections: (seg int32 [n, 2], score float32 [n], label int32 [n])
-    dets: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    # per window, its decoded detections packed as int32 [n, 4]: start, end, score (float32 bits),
+    # label (:func:`_unpack`): one array per window, 16 bytes per detection
+    dets: list[np.ndarray] = field(default_factory=list)
     previewed_to: int = 0  # preview frontier (snippets): detections ending at or before it were previewed
 
     def stored_bytes(self) -> int:
-        return sum(s.nbytes + c.nbytes + lab.nbytes for s, c, lab in self.dets)
+        return sum(p.nbytes for p in self.dets)
+
+
+def _unpack(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A window's packed detections ``int32 [n, 4]`` -> (seg ``int32 [n, 2]``, score ``float32 [n]``,
+    label ``int32 [n]``)."""
+    return p[:, :2], p[:, 2].view(np.float32), p[:, 3]
 
 
 class StreamDetector:
@@ -350,13 +357,13 @@ class StreamDetector:
         x = np.stack([j.features.T for j in jobs])  # x: [b, C, T]
         det = self.session.detect(torch.from_numpy(x), [j.valid for j in jobs])  # [b, D]
         nvalid = det.valid.sum(dim=1).tolist()
-        seg = det.segments.round().to(torch.int32).numpy()
-        sc = det.scores.to(torch.float32).numpy()
-        lab = det.labels.to(torch.int32).numpy()
-        for b, j in enumerate(jobs):
-            st, nv = j.stream, int(nvalid[b])
-            st.dets.append((seg[b, :nv].copy(), sc[b, :nv].copy(), lab[b, :nv].copy()))
-            st.done += 1
+        packed = np.empty((*det.scores.shape, 4), dtype=np.int32)  # [b, D, 4]: one copy per window below
+        packed[..., :2] = det.segments.round().to(torch.int32).numpy()
+        packed[..., 2] = det.scores.to(torch.float32).numpy().view(np.int32)
+        packed[..., 3] = det.labels.to(torch.int32).numpy()
+        for j, p, nv in zip(jobs, packed, nvalid, strict=True):
+            j.stream.dets.append(p[:nv].copy())
+            j.stream.done += 1
         self.windows_run += len(jobs)
         if self.record_latency:
             now = time.perf_counter()
@@ -375,7 +382,7 @@ class StreamDetector:
             first = max(0, (lo - 2 * T) // S)  # windows that may overlap a newly settled detection
             segs, scs, labs, new = [], [], [], []
             for w in range(first, st.done):
-                s, c, lab = st.dets[w]
+                s, c, lab = _unpack(st.dets[w])
                 a = w * S
                 segs.append(s.astype(np.float64) + a)
                 scs.append(c)
@@ -455,7 +462,12 @@ class StreamDetector:
         if not st.dets:
             return []
         fm = final_merge(
-            st.dets, self.stride, st.sec, self.cfg.decode, window=self.window, num_snippets=st.received
+            [_unpack(p) for p in st.dets],
+            self.stride,
+            st.sec,
+            self.cfg.decode,
+            window=self.window,
+            num_snippets=st.received,
         )
         merged = {st.sid: fm}
         dur = None if duration is None else {st.sid: duration}
