@@ -90,9 +90,18 @@ class Detection:
 class _Job:
     stream: _Stream
     index: int  # window index in the stream
-    features: np.ndarray  # [T, C] float32, zero padded beyond valid
+    # [T, C] float32, zero padded beyond valid; None: still rows [row, row + T) of the stream's
+    # buffer (copied out before the buffer moves them, :meth:`StreamDetector._compact`)
+    features: np.ndarray | None
     valid: int
     t_enqueued: float
+    row: int = 0
+
+    def window(self) -> np.ndarray:
+        """The window's features ``[T, C]`` (a view of the stream's buffer while it is there)."""
+        if self.features is not None:
+            return self.features
+        return self.stream.buf[self.row : self.row + self.valid]
 
 
 @dataclass(eq=False)  # identity semantics: streams are dict keys
@@ -112,6 +121,7 @@ class _Stream:
     # per window, its decoded detections packed as int32 [n, 4]: start, end, score (float32 bits),
     # label (:func:`_unpack`): one array per window, 16 bytes per detection
     dets: list[np.ndarray] = field(default_factory=list)
+    in_buffer: deque[_Job] = field(default_factory=deque)  # queued jobs whose features are buffer rows
     previewed_to: int = 0  # preview frontier (snippets): detections ending at or before it were previewed
 
     def stored_bytes(self) -> int:
@@ -276,16 +286,25 @@ class StreamDetector:
             self._append(st, x)
         return self.poll()
 
+    @staticmethod
+    def _compact(st: _Stream) -> None:
+        """Move the live rows [lo, fill) (fewer than T) to the buffer's front, first copying out the
+        windows of queued jobs that still point into it."""
+        for job in st.in_buffer:
+            job.features = st.buf[job.row : job.row + job.valid].copy()
+        st.in_buffer.clear()
+        k = st.fill - st.lo
+        st.buf[:k] = st.buf[st.lo : st.fill]
+        st.lo, st.fill = 0, k
+
     def _append(self, st: _Stream, x: np.ndarray) -> None:
         """Store a checked chunk ``[n, C]`` and queue the windows it completes (running full batches)."""
         T, S = self.window, self.stride
         buf, cap = st.buf, st.buf.shape[0]
         pos, n = 0, x.shape[0]
         while pos < n:
-            if st.fill == cap:  # move the live rows [lo, fill) (< T of them) to the front
-                k = st.fill - st.lo
-                buf[:k] = buf[st.lo : st.fill]
-                st.lo, st.fill = 0, k
+            if st.fill == cap:
+                self._compact(st)
             take = min(n - pos, cap - st.fill)
             buf[st.fill : st.fill + take] = x[pos : pos + take]
             st.fill += take
@@ -295,7 +314,9 @@ class StreamDetector:
                 continue
             now = time.perf_counter()
             while st.fill - st.lo >= T:  # window next_window is complete: [buf_start, buf_start + T)
-                self._queue.append(_Job(st, st.next_window, buf[st.lo : st.lo + T].copy(), T, now))
+                job = _Job(st, st.next_window, None, T, now, st.lo)  # read from the buffer at decode
+                st.in_buffer.append(job)
+                self._queue.append(job)
                 st.next_window += 1
                 st.lo += S
                 st.buf_start += S
@@ -325,6 +346,10 @@ class StreamDetector:
     def _run_batch(self) -> None:
         B = self.session.batch_size
         jobs = [self._queue.popleft() for _ in range(min(B, len(self._queue)))]
+        for j in jobs:  # FIFO per stream: a stream's oldest queued job is the first of its buffer ones
+            ib = j.stream.in_buffer
+            if ib and ib[0] is j:
+                ib.popleft()  # its rows stay put until the stream's next append: read below
         jobs = [j for j in jobs if j.stream.error is None]
         if not jobs:
             return
@@ -354,7 +379,7 @@ class StreamDetector:
             if j.index != want:
                 raise RuntimeError(f"stream {j.stream.sid!r}: window {j.index} decoded out of order")
             expect[id(j.stream)] = want + 1
-        x = np.stack([j.features.T for j in jobs])  # x: [b, C, T]
+        x = np.stack([j.window().T for j in jobs])  # x: [b, C, T]
         det = self.session.detect(torch.from_numpy(x), [j.valid for j in jobs])  # [b, D]
         nvalid = det.valid.sum(dim=1).tolist()
         packed = np.empty((*det.scores.shape, 4), dtype=np.int32)  # [b, D, 4]: one copy per window below
@@ -478,6 +503,6 @@ class StreamDetector:
         """Bytes held: feature buffers, queued windows, and the stored per-window detections."""
         return {
             "buffers": sum(st.buf.nbytes for st in self._streams.values()),
-            "queued_windows": sum(j.features.nbytes for j in self._queue),
+            "queued_windows": sum(j.features.nbytes for j in self._queue if j.features is not None),
             "stored_detections": sum(st.stored_bytes() for st in self._streams.values()),
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -225,14 +226,17 @@ def test_bad_chunks_are_rejected_and_other_streams_go_on():
     stride=st.sampled_from([16, 32, 64]),
     batch=st.sampled_from([1, 3, 8]),
     stacked=st.booleans(),
+    delay=st.sampled_from([0.0, 0.001, math.inf]),
     seed=st.integers(0, 2**16),
 )
-def test_push_many_equals_each_stream_alone(n_streams, length, chunk, stride, batch, stacked, seed):
-    """push_many (one [M, n, C] array or a list of chunks) gives every stream its offline output."""
+def test_push_many_equals_each_stream_alone(n_streams, length, chunk, stride, batch, stacked, delay, seed):
+    """push_many (one [M, n, C] array or a list of chunks) gives every stream its offline output,
+    whatever the latency budget (``inf``: windows wait in the queue while their stream's buffer
+    fills and moves, so queued windows still in the buffer must be copied out first)."""
     session = SESSIONS[batch]
     ids = [f"s{i}" for i in range(n_streams)]
     feats = np.stack([_feats(length, seed + i) for i in range(n_streams)])  # [M, N, C]
-    det = StreamDetector(session, stride=stride, snippet_rate=RATE, max_delay_s=0.001)
+    det = StreamDetector(session, stride=stride, snippet_rate=RATE, max_delay_s=delay)
     for sid in ids:
         det.open(sid)
     for pos in range(0, length, chunk):
