@@ -40,6 +40,7 @@ ARCHS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("spot + spot (original)", "actrectut", SPOT_ORIGINAL_ACTRECTUT),
     ("local + spot head (actrectut preset)", "actrectut", ()),
     ("local + pairwise", "actrectut", PAIRWISE),
+    ("local + offset", "actrectut", ("model.mask_head=offset", "model.abs_pos=false")),
     ("conv + pairwise", "actrectut", ("model.backbone=conv", *PAIRWISE)),
     ("spot + spot (anet preset)", "anet", ()),
     ("local + spot head, anet sizes", "anet", ("model.backbone=local", "model.abs_pos=true",
