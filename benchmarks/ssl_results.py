@@ -80,6 +80,7 @@ PAIRWISE = (
     "model.abs_pos=false",
     "decode.mask_thresholds=[0.0,0.2,0.4,0.6,0.8]",
     "semi.rampup_epochs=0",
+    "semi.mask_threshold=0.7",
 )
 ARCH_SETS = {
     "local-spot": (),

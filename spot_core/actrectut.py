@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .cli import reports_errors
-from .config import ConfigError, SpotConfig
+from .config import ConfigError, SemiConfig, SpotConfig
 from .data import streams as streams_lib
 from .data.annotations import AnnotationError, AnnotationSet, Video, read_actrectut_json
 from .data.features import snippetize_stream
@@ -239,8 +239,13 @@ def variant_config(cfg: SpotConfig, variant: str, seed: int) -> SpotConfig:
     ]
     if not v["pretrain"]:
         sets.append("semi.pretrain_epochs=0")
-    if not v["semi"]:  # no pseudo-label terms to ramp up: the same run whatever the preset's ramp
-        sets.append("semi.rampup_epochs=0")
+    if not v["semi"]:  # no pseudo-labels: the same run whatever the preset's ramp and thresholds
+        d = SemiConfig()
+        sets += [
+            "semi.rampup_epochs=0",
+            f"semi.mask_threshold={d.mask_threshold}",
+            f"semi.cls_threshold={d.cls_threshold}",
+        ]
     if v["self"] is not None:
         sets.append(f"semi.self_train_rounds={v['self']}")
     return cfg.override(sets)
