@@ -357,16 +357,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def current_runs(cache: list[dict]) -> list[dict]:
     """The latest cached run per key, among runs made with the current settings (:func:`same_settings`)."""
-    latest = {_key(r): r for r in cache if "config" in r}
     memo: dict[tuple[str, str, str], dict] = {}
-    out = []
-    for r in latest.values():
+    latest: dict[tuple, dict] = {}
+    for r in cache:  # in file order: a later run of the same key and settings replaces an earlier one
+        if "config" not in r:
+            continue
         k = (r["dataset"], r["row"], _arch(r))
         if k not in memo:
             memo[k] = _run_config(*k)
         if same_settings(r["config"], memo[k]):
-            out.append(r)
-    return out
+            latest[_key(r)] = r
+    return list(latest.values())
 
 
 BEGIN, END = "<!-- tables:begin (python -m benchmarks.ssl_results) -->", "<!-- tables:end -->"

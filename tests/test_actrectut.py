@@ -239,3 +239,17 @@ def test_head_choice_scores_only_the_unlabelled_pieces_of_the_training_subject(s
     n_held = sum(len(v.instances) for v in held.videos.values())
     assert in_lab and n_held == len(s.video.instances) - len(in_lab)
     assert windows and all(w.video_id in held.videos for w in windows)
+
+
+def test_cached_runs_of_other_settings_do_not_hide_earlier_current_ones():
+    """benchmarks.ssl_results: the latest run per key *among those of the current settings* counts,
+    so a later trial of other settings (then reverted) leaves the earlier runs in the tables."""
+    from benchmarks.ssl_results import _run_config, current_runs
+
+    cfg = _run_config("actrectut", "spot10", "local-spot")
+    key = {"dataset": "actrectut", "row": "spot10", "direction": "1->2", "seed": 0, "arch": "local-spot"}
+    old = {**key, "average_mAP": 0.8, "config": cfg}
+    trial = {**key, "average_mAP": 0.6, "config": {**cfg, "semi.mask_threshold": 0.123}}
+    assert current_runs([old, trial]) == [old]
+    newer = {**old, "average_mAP": 0.81}
+    assert current_runs([old, trial, newer]) == [newer]
