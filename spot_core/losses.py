@@ -98,7 +98,7 @@ def extent_loss(extent: torch.Tensor, target: torch.Tensor, valid: torch.Tensor 
     snippet t (``target[t, t]``) of an instance on columns [s, e] wants ds = t - s + 0.5 and
     de = e - t + 0.5 (the box's 0.5 level then runs through the half-snippet around the block).
     Mean over the real foreground snippets; 0 when there is none."""
-    B, _, T = extent.shape
+    T = extent.shape[2]
     tgt = target > 0.5
     fg = tgt.diagonal(dim1=1, dim2=2)  # fg: [B, T]
     if valid is not None:

@@ -356,7 +356,8 @@ class SPOT(nn.Module):
         if self.cfg.mask_head == "offset":  # the extents too, for their own loss (losses.extent_loss)
             logits, h = self.classify(emb), self.mask_hidden(emb)
             ds, de = self.mask_extent(h)
-            mask = torch.sigmoid(self.mask_logits(h))
+            pos = self.mask_pos[: h.shape[2]]
+            mask = torch.sigmoid(offset_logits(ds, de, pos, pos))  # = mask_logits(h), the conv run once
             out = {"logits": logits, "mask": mask, "extent": torch.stack([ds, de], 1)}
             return {**out, "embedding": emb, "clip_order": self.clip_order(emb)}
         logits, mask = self.heads(emb)

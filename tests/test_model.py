@@ -137,3 +137,15 @@ def test_extent_loss_is_zero_at_the_instance_and_pulls_towards_it():
     empty = (-exact).requires_grad_(True)  # inverted boxes still get a gradient towards the target
     extent_loss(empty, tgt, None).backward()
     assert (empty.grad[0, :, 2:6] < 0).all()
+
+
+def test_offset_training_forward_equals_inference_forward():
+    cfg = SpotConfig.preset("toy").override(["model.backbone=local", "model.mask_head=offset"])
+    torch.manual_seed(0)
+    model = SPOT(cfg.model).eval()
+    x = torch.randn(2, cfg.model.feat_dim, cfg.model.num_snippets)
+    with torch.no_grad():
+        logits, mask = model(x)
+        out = model.forward_train(x)
+    assert torch.equal(out["logits"], logits) and torch.equal(out["mask"], mask)
+    assert out["extent"].shape == (2, 2, cfg.model.num_snippets)
