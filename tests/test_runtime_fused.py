@@ -193,3 +193,15 @@ def test_gpu_check_runtime_section_dry_run(tmp_path) -> None:
     assert rg["long_stream"]["streamed_equals_offline_on_device"] is True
     assert rg["long_stream"]["same_label_and_segment_fraction"] == 1.0
     assert "tensorrt" in rg["engines"]
+
+
+def test_serve_repeats_give_the_median_row_per_way_of_pushing() -> None:
+    from benchmarks.streaming import serve_benchmark
+
+    rep = serve_benchmark(
+        "null", "cpu", [3], preset="toy", batch_size=4, windows_per_stream=3, check_exact=2,
+        push=("one", "many"), repeat=3,
+    )  # fmt: skip
+    rows = rep["rows"]
+    assert [r["push"] for r in rows] == ["one", "many"] and all(r["repeats"] == 3 for r in rows)
+    assert all(r["windows"] == 9 and r["exact_streams"] == r["exact_checked"] == 2 for r in rows)
