@@ -38,10 +38,11 @@ def unlabelled_held_out(split, stream, piece_sec: float = 150.0):
     from spot_core.data.streams import cut_pieces, join_runs, sub_video
     from spot_core.data.windows import make_windows
 
-    status = [i in set(split.labeled_pieces) for i in range(len(split.pieces))]
+    labeled = set(split.labeled_pieces)
+    status = [i in labeled for i in range(len(split.pieces))]
     videos, feats = {}, {}
-    for j, (a, b, labeled) in enumerate(join_runs(split.pieces, status)):
-        if labeled:
+    for j, (a, b, is_labeled) in enumerate(join_runs(split.pieces, status)):
+        if is_labeled:
             continue
         run = sub_video(stream.video, a, b, "run", "validation", True, SNIPPET_RATE)
         for i, (pa, pb) in enumerate(cut_pieces(run, b - a, piece_sec, SNIPPET_RATE)):
@@ -60,14 +61,22 @@ def held_out_arm(
     semi-supervised recipe, which also trains on the unlabelled pieces, without their labels) of the
     preset + ``sets`` on ``subject`` and score it on that subject's unlabelled pieces. Returns
     ``{"average_mAP": %, "labeled_s", "held_out_s"}``."""
-    from spot_core.actrectut import build_split, default_train_stride, load_subjects, variant_config
+    import dataclasses
+
+    from spot_core.actrectut import (
+        build_split,
+        default_train_stride,
+        evaluate_split,
+        load_subjects,
+        variant_config,
+    )
     from spot_core.checkpoint import load_model
     from spot_core.config import SpotConfig
-    from spot_core.evaluation import PROTOCOLS, evaluate_detection
-    from spot_core.inference import predict_windows
     from spot_core.training import train_on_windows
 
     classes, streams = load_subjects(data)
+    if subject not in streams:
+        raise ValueError(f"no subject {subject!r} in {data}; there are {sorted(streams)}")
     s = streams[subject]
     if variant not in ("sup10", "spot10"):
         raise ValueError(f"variant must be sup10 or spot10, got {variant!r}")
@@ -81,8 +90,7 @@ def held_out_arm(
         train = split.train_windows if variant == "spot10" else [w for w in split.train_windows if w.labeled]
         train_on_windows(split.cfg, train, None, [], tmp, progress=False)
         model, mcfg = load_model(Path(tmp) / "last.safetensors")
-    preds = predict_windows(model, windows, mcfg, durations=held.durations())
-    res = evaluate_detection(held, preds["results"], PROTOCOLS["thumos"], subset=None).to_dict()
+    res = evaluate_split(model, dataclasses.replace(split, test_set=held, test_windows=windows), mcfg)
     return {
         "average_mAP": round(100 * res["average_mAP"], 2),
         "labeled_s": split.labeled_seconds,
