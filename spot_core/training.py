@@ -574,6 +574,7 @@ def train_on_windows(
     progress: bool = True,
     device: str = "cpu",
     validate_every: int = 1,
+    epoch_hook: Callable[[SPOT, int], dict[str, float]] | None = None,
 ) -> TrainResult:
     """The training loop of :func:`train` on windows built by the caller (e.g. :mod:`spot_core.actrectut`).
 
@@ -582,6 +583,10 @@ def train_on_windows(
     ``val_windows`` against ``val_set`` runs every ``validate_every`` fine-tuning epochs and after the
     last one (``validate_every=0`` or no validation windows: never; ``best.safetensors`` is then not
     written and ``best_map`` stays -1). ``cfg.class_names`` must be set by the caller.
+    ``epoch_hook(model, epoch)`` (diagnostics, e.g. ``benchmarks.curves``): called after each
+    fine-tuning epoch's validation with the model that epoch would save (the weight average when
+    ``train.ema_decay`` is set); the numbers it returns join that epoch's row of ``metrics.jsonl``.
+    It must not train or reseed anything (each epoch reseeds itself, so it cannot change the run).
 
     Steps: :func:`split_training_windows`, :func:`build_run`, :func:`pretrain_stage` (stage 1) and
     :func:`finetune_stage` (stage 2); each epoch of either stage runs :func:`run_epoch` and ends in
@@ -596,7 +601,9 @@ def train_on_windows(
     labeled, unlabeled = split_training_windows(cfg, train_windows, num_val=len(val_windows))
     run = build_run(cfg, out, resume=resume, progress=progress, device=device)
     pretrain_stage(run, train_windows)
-    finetune_stage(run, labeled, unlabeled, val_set, val_windows, validate_every=validate_every)
+    finetune_stage(
+        run, labeled, unlabeled, val_set, val_windows, validate_every=validate_every, epoch_hook=epoch_hook
+    )
     return TrainResult(
         out, run.best_map, run.best_epoch, [r for r in run.history if r.get("stage") != "pretrain"]
     )
@@ -839,9 +846,11 @@ def finetune_stage(
     val_windows: list[Window],
     *,
     validate_every: int,
+    epoch_hook: Callable[[SPOT, int], dict[str, float]] | None = None,
 ) -> None:
     """Stage 2: the remaining ``train.epochs`` epochs, supervised or (with unlabelled windows)
-    semi-supervised; each is trained, validated, logged and checkpointed."""
+    semi-supervised; each is trained, validated, logged and checkpointed (``epoch_hook``: see
+    :func:`train_on_windows`)."""
     cfg = run.cfg
     start_finetune(run)
     dataset = WindowDataset(labeled)
@@ -867,6 +876,7 @@ def finetune_stage(
             "epoch": epoch,
             **{f"loss_{k}": v for k, v in losses.items()},
             **({"val_average_mAP": res["average_mAP"]} if res is not None else {}),
+            **(epoch_hook(run.final, epoch) if epoch_hook is not None and run.main else {}),
             "lr": run.opt.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - t0, 2),
         }

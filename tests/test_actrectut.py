@@ -6,6 +6,8 @@ through the ``shared_data`` fixture (skip without it, fail under CI).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -253,3 +255,30 @@ def test_cached_runs_of_other_settings_do_not_hide_earlier_current_ones():
     assert current_runs([old, trial]) == [old]
     newer = {**old, "average_mAP": 0.81}
     assert current_runs([old, trial, newer]) == [newer]
+
+
+def test_curves_follow_the_protocol_run_and_end_on_its_number(shared_data, tmp_path):
+    """benchmarks.curves trains exactly the run spot_core.actrectut scores: one point per fine-tuning
+    epoch, and the last test point is that command's average mAP (the per-epoch scoring changes nothing)."""
+    from benchmarks.curves import main as curves_main
+    from spot_core.actrectut import evaluate_split, trained_direction
+
+    tiny = ["train.epochs=2", "train.steps_per_epoch=2", "model.num_layers=1", "model.hidden_dim=32"]
+    jsonl = tmp_path / "curves.jsonl"
+    argv = [
+        "--data",
+        str(shared_data / "actrectut"),
+        "--variant",
+        "sup10",
+        "--seed",
+        "1",
+        "--jsonl",
+        str(jsonl),
+    ]
+    assert curves_main([*argv, "--set", *tiny, "--plot", str(tmp_path / "c.png")]) == 0
+    row = json.loads(jsonl.read_text().splitlines()[-1])
+    assert len(row["test"]) == 2 and len(row["held_out"]) == 2 and (tmp_path / "c.png").stat().st_size > 0
+    model, mcfg, *_, split = trained_direction(
+        shared_data / "actrectut", cfg=SpotConfig.preset("actrectut").override(tiny), variant="sup10", seed=1
+    )
+    assert row["test"][-1] == round(100 * evaluate_split(model, split, mcfg)["average_mAP"], 2)
