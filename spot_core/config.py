@@ -111,6 +111,9 @@ class TrainConfig:
     weight_decay: float = 5e-3
     lr_step: int = 10
     lr_gamma: float = 0.2
+    # "step": lr x lr_gamma every lr_step epochs (the original); "cosine": lr x (1 + cos(pi e / epochs)) / 2
+    # at fine-tuning epoch e, down to ~0 at the last (lr_step / lr_gamma unused)
+    lr_schedule: str = "step"
     seed: int = 1
     num_workers: int = 0
     grad_clip: float | None = None
@@ -523,6 +526,8 @@ def validate(cfg: SpotConfig) -> None:
         raise ConfigError(f"loss.extent_weight must be a finite number >= 0, got {cfg.loss.extent_weight}")
     if not 0.0 <= cfg.loss.label_smoothing < 1.0:
         raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {cfg.loss.label_smoothing}")
+    if tr.lr_schedule not in ("step", "cosine"):
+        raise ConfigError(f"train.lr_schedule must be 'step' or 'cosine', got {tr.lr_schedule!r}")
     if tr.optimizer not in ("adam", "adamw"):
         raise ConfigError(f"train.optimizer must be 'adam' or 'adamw', got {tr.optimizer!r}")
     if not 0.0 <= tr.time_warp < 1.0:

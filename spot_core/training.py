@@ -33,7 +33,9 @@ or lost; a fresh run starts a new ``metrics.jsonl``.
 Resuming checks that the config matches the one the state was written with, **ignoring
 ``train.epochs``**, so a finished run can be continued with a longer schedule
 (``--resume --set train.epochs=N``). That is exact because nothing else depends on the epoch count
-(StepLR steps per epoch; the per-epoch seeds use the epoch index only). Any other difference (model,
+(StepLR steps per epoch; the per-epoch seeds use the epoch index only); under
+``train.lr_schedule: cosine`` the epoch count sets every epoch's learning rate, so there it must match
+too. Any other difference (model,
 data, loss, optimiser, decode, classes) is refused with a :class:`CheckpointError` naming the keys.
 """
 
@@ -107,8 +109,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-# config keys a resumed run may change (see the module docstring). If a schedule that depends on the
-# total number of epochs (e.g. cosine) is ever added, train.epochs must leave this set.
+# config keys a resumed run may change (see the module docstring); not train.epochs under the cosine
+# schedule, whose learning rate at every epoch depends on it
 RESUME_MAY_CHANGE = ("train.epochs",)
 
 # config keys added after resume states were first written: left out of the resume hash at their
@@ -119,7 +121,7 @@ _ADDED_LATER = {
         "input_dropout", "abs_pos", "cls_head", "head_layers", "mask_head", "mask_dim",
     ),
     "data": ("train_stride",),
-    "train": ("ema_decay", "optimizer", "time_warp"),
+    "train": ("ema_decay", "optimizer", "time_warp", "lr_schedule"),
     "loss": ("label_smoothing", "extent_weight"),
     "semi": ("pretrain_steps_per_epoch", "self_train_rounds", "self_train_score", "teacher"),
     "decode": ("stitch",),
@@ -142,6 +144,8 @@ def _resume_config(cfg: SpotConfig) -> dict:
             if section in d and getattr(getattr(cfg, section), key) == getattr(defaults, key):
                 d[section].pop(key, None)
     for key in RESUME_MAY_CHANGE:
+        if key == "train.epochs" and cfg.train.lr_schedule == "cosine":
+            continue
         *path, last = key.split(".")
         node = d
         for p in path:
@@ -151,7 +155,8 @@ def _resume_config(cfg: SpotConfig) -> dict:
 
 
 def resume_hash(cfg: SpotConfig) -> str:
-    """Hash of the config that must match for ``--resume`` (everything but ``train.epochs``)."""
+    """Hash of the config that must match for ``--resume`` (everything but ``train.epochs``, which
+    counts too under the cosine schedule)."""
     blob = json.dumps(_resume_config(cfg), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -174,7 +179,10 @@ def make_optimizer(
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     kind = torch.optim.AdamW if cfg.train.optimizer == "adamw" else torch.optim.Adam
     opt = kind(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.train.lr_step, gamma=cfg.train.lr_gamma)
+    if cfg.train.lr_schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.train.epochs)
+    else:
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.train.lr_step, gamma=cfg.train.lr_gamma)
     return opt, sched
 
 

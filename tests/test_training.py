@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from spot_core import checkpoint as ckpt_mod
 from spot_core import training as training_mod
 from spot_core.checkpoint import CheckpointError, load_model, read_metadata
-from spot_core.config import SpotConfig
+from spot_core.config import ConfigError, SpotConfig
 from spot_core.data.datasets import load_dataset
 from spot_core.data.synthetic import generate_dataset
 from spot_core.evaluate import main as evaluate_main
@@ -422,3 +422,25 @@ def test_linear_baseline_gives_valid_results_with_known_classes(data_dir):
         fit_linear(train_windows, cfg.model.num_classes, epochs=100, seed=0), val_windows, cfg, durations
     )
     assert again == res
+
+
+def test_cosine_schedule_and_its_resume_hash():
+    """train.lr_schedule: cosine anneals lr to ~0 at the last fine-tuning epoch; under it (only) the
+    epoch count is part of the resume hash, since it sets every epoch's learning rate."""
+    from spot_core.model import SPOT
+    from spot_core.training import make_optimizer, resume_hash
+
+    cfg = SpotConfig.preset("toy").override(["train.epochs=4", "train.lr=0.01", "train.lr_schedule=cosine"])
+    opt, sched = make_optimizer(SPOT(cfg.model), cfg)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs == pytest.approx(
+        [0.01, 0.01 * (1 + math.cos(math.pi / 4)) / 2, 0.005, 0.01 * (1 - math.cos(math.pi / 4)) / 2]
+    )
+    assert resume_hash(cfg) != resume_hash(cfg.override(["train.epochs=8"]))
+    step = cfg.override(["train.lr_schedule=step"])
+    assert resume_hash(step) == resume_hash(step.override(["train.epochs=8"]))
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        SpotConfig.preset("toy").override(["train.lr_schedule=linear"])
