@@ -89,7 +89,8 @@ def run_curves(
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
-    """One panel per direction: test (solid) and held-out (dashed) average mAP per epoch."""
+    """One panel per direction: test (solid) and held-out (dashed) average mAP per epoch; a dotted
+    line where a step schedule cut the learning rate."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,6 +105,10 @@ def plot_curves(rows: list[dict], path: Path) -> None:
             ax.plot(ep, r["test"], color=f"C{i}", label=f"{label}: test")
             if r["held_out"]:
                 ax.plot(ep, r["held_out"], color=f"C{i}", ls="--", label=f"{label}: held-out")
+            lr = r.get("lr") or []
+            # lr[k] is the rate after epoch k + 1 (1-based): a drop there starts at epoch k + 2
+            for k in (k for k in range(1, len(lr)) if lr[k] < 0.5 * lr[k - 1]):
+                ax.axvline(k + 1.5, color=f"C{i}", ls=":", lw=0.8)
         ax.set(title=f"ActRecTut {d}", xlabel="fine-tuning epoch", ylabel="average mAP (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
