@@ -37,37 +37,18 @@ def run_curves(
 ) -> dict[str, Any]:
     """Train one run with per-epoch scoring. Returns ``{"test": [%...], "held_out": [%...], ...}``."""
     from benchmarks.head_choice import unlabelled_held_out
-    from spot_core.actrectut import (
-        DIRECTIONS,
-        VARIANTS,
-        build_split,
-        default_train_stride,
-        evaluate_split,
-        load_subjects,
-        variant_config,
-    )
+    from spot_core.actrectut import VARIANTS, direction_split, evaluate_split
     from spot_core.config import SpotConfig
     from spot_core.training import train_on_windows
 
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
-    v = VARIANTS[variant]
-    if v["self"]:
-        raise ValueError(f"variant {variant!r} trains several rounds; curves follow one training run")
-    classes, streams = load_subjects(data)
-    tr, te = DIRECTIONS[direction]
-    cfg = variant_config(SpotConfig.preset("actrectut").override(list(sets)), variant, seed)
-    split = build_split(
-        cfg, classes, streams[tr], streams[te], labeled_fraction=v["fraction"], split_seed=seed,
-        train_stride=default_train_stride(cfg),
-    )  # fmt: skip
+    cfg = SpotConfig.preset("actrectut").override(list(sets))
+    split, windows, train_stream = direction_split(data, direction, cfg=cfg, variant=variant, seed=seed)
     held = None
-    if v["fraction"] is not None:
-        hs, hw = unlabelled_held_out(split, streams[tr])
+    if VARIANTS[variant]["fraction"] is not None:
+        hs, hw = unlabelled_held_out(split, train_stream)
         held = dataclasses.replace(split, test_set=hs, test_windows=hw)
-    windows = split.train_windows if v["semi"] else [w for w in split.train_windows if w.labeled]
 
     def hook(model, epoch: int) -> dict[str, float]:
         out = {"curve_test": evaluate_split(model, split)["average_mAP"]}

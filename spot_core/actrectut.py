@@ -251,6 +251,43 @@ def variant_config(cfg: SpotConfig, variant: str, seed: int) -> SpotConfig:
     return cfg.override(sets)
 
 
+def direction_split(
+    data_dir: str | Path,
+    direction: str = "1->2",
+    *,
+    cfg: SpotConfig | None = None,
+    variant: str = "sup100",
+    seed: int = 0,
+    train_stride: int | None = None,
+    context: tuple[int, ...] = (),
+) -> tuple[Split, list[Window], Stream]:
+    """The data of one protocol run, as :func:`trained_direction` trains it: ``(split, the windows it
+    trains on, the training subject's stream)``; ``split.cfg`` is the run's config (``cfg`` with the
+    variant's switches). Arguments as in :func:`trained_direction`."""
+    cfg = cfg or SpotConfig.preset("actrectut")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
+    classes, streams = load_subjects(data_dir)
+    tr, te = DIRECTIONS[direction]
+    missing = [s for s in (tr, te) if s not in streams]
+    if missing:
+        raise AnnotationError(
+            f"{Path(data_dir) / 'gesture.json'}: no stream {missing[0]!r} (direction {direction})"
+        )
+    v = VARIANTS[variant]
+    cfg = variant_config(cfg, variant, seed)
+    if context:
+        cfg = cfg.override([f"model.feat_dim={60 * len(context)}"])
+    split = build_split(
+        cfg, classes, streams[tr], streams[te], labeled_fraction=v["fraction"], split_seed=seed,
+        train_stride=train_stride if train_stride is not None else default_train_stride(cfg), context=context,
+    )  # fmt: skip
+    windows = split.train_windows
+    if not v["semi"] and not cfg.semi.self_train_rounds:
+        windows = [w for w in windows if w.labeled]
+    return split, windows, streams[tr]
+
+
 def trained_direction(
     data_dir: str | Path,
     direction: str = "1->2",
@@ -281,27 +318,9 @@ def trained_direction(
 
     from .training import train_on_windows
 
-    cfg = cfg or SpotConfig.preset("actrectut")
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
-    classes, streams = load_subjects(data_dir)
-    tr, te = DIRECTIONS[direction]
-    missing = [s for s in (tr, te) if s not in streams]
-    if missing:
-        raise AnnotationError(
-            f"{Path(data_dir) / 'gesture.json'}: no stream {missing[0]!r} (direction {direction})"
-        )
-    v = VARIANTS[variant]
-    cfg = variant_config(cfg, variant, seed)
-    if context:
-        cfg = cfg.override([f"model.feat_dim={60 * len(context)}"])
-    split = build_split(
-        cfg, classes, streams[tr], streams[te], labeled_fraction=v["fraction"], split_seed=seed,
-        train_stride=train_stride if train_stride is not None else default_train_stride(cfg), context=context,
-    )  # fmt: skip
-    windows = split.train_windows
-    if not v["semi"] and not cfg.semi.self_train_rounds:
-        windows = [w for w in windows if w.labeled]
+    split, windows, _ = direction_split(
+        data_dir, direction, cfg=cfg, variant=variant, seed=seed, train_stride=train_stride, context=context
+    )
     from .checkpoint import load_model
 
     settings = training_settings(split.cfg)

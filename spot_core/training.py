@@ -602,6 +602,10 @@ def train_on_windows(
     """
     out = Path(out_dir)
     if cfg.semi.self_train_rounds and any(not w.labeled for w in train_windows):
+        if epoch_hook is not None:
+            raise ValueError(
+                "epoch_hook follows one training run; self-training (semi.self_train_rounds) runs several"
+            )
         return self_train(
             cfg, train_windows, val_set, val_windows, out,
             resume=resume, progress=progress, device=device, validate_every=validate_every,

@@ -282,3 +282,7 @@ def test_curves_follow_the_protocol_run_and_end_on_its_number(shared_data, tmp_p
         shared_data / "actrectut", cfg=SpotConfig.preset("actrectut").override(tiny), variant="sup10", seed=1
     )
     assert row["test"][-1] == round(100 * evaluate_split(model, split, mcfg)["average_mAP"], 2)
+    from benchmarks.curves import run_curves
+
+    with pytest.raises(ValueError, match="self-training"):  # several runs: no single curve
+        run_curves(shared_data / "actrectut", "1->2", "self10", 0, tuple(tiny))
