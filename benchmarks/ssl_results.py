@@ -64,9 +64,10 @@ PEER = {
 #: ActRecTut architectures (``--arch``): the ``actrectut`` preset (local backbone, pairwise mask head,
 #: issue 14) and the original SPOT model with the recipe of issue 3 (runs cached before ``arch``
 #: existed are of this one)
-ARCHS = ("local-spot", "local-pairwise", "conv-pairwise", "spot")
+ARCHS = ("local-spot", "local-offset", "local-pairwise", "conv-pairwise", "spot")
 ARCH_NAMES = {
     "local-spot": "backbone local (+ sinusoidal position) + mask head spot (the `actrectut` preset)",
+    "local-offset": "backbone local (+ sinusoidal position) + mask head offset (`--arch local-offset`)",
     "local-pairwise": "backbone local + mask head pairwise, thresholds 0-0.8 (`--arch local-pairwise`)",
     "conv-pairwise": "backbone conv + mask head pairwise, thresholds 0-0.8 (`--arch conv-pairwise`)",
     "spot": "backbone spot + mask head spot (the original; `SPOT_ORIGINAL_ACTRECTUT` overrides)",
@@ -84,6 +85,7 @@ PAIRWISE = (
 )
 ARCH_SETS = {
     "local-spot": (),
+    "local-offset": ("model.mask_head=offset",),
     "local-pairwise": PAIRWISE,
     "conv-pairwise": ("model.backbone=conv", *PAIRWISE),
 }

@@ -257,6 +257,19 @@ def test_cached_runs_of_other_settings_do_not_hide_earlier_current_ones():
     assert current_runs([old, trial, newer]) == [newer]
 
 
+def test_ssl_results_arches_are_the_preset_with_their_heads():
+    """benchmarks.ssl_results --arch: each ActRecTut architecture is the preset with its mask head, so
+    the runs of one never count as another's (their cached configs differ)."""
+    from benchmarks.ssl_results import ARCHS, _run_config, arch_config
+
+    heads = {a: arch_config(a).model.mask_head for a in ARCHS}
+    assert heads == {"local-spot": "spot", "local-offset": "offset", "local-pairwise": "pairwise",
+                     "conv-pairwise": "pairwise", "spot": "spot"}  # fmt: skip
+    assert arch_config(ARCHS[0]) == SpotConfig.preset("actrectut")  # the default arch is the preset
+    cfgs = [_run_config("actrectut", "sup10", a) for a in ARCHS]
+    assert all(a != b for i, a in enumerate(cfgs) for b in cfgs[i + 1 :])
+
+
 def test_curves_follow_the_protocol_run_and_end_on_its_number(shared_data, tmp_path):
     """benchmarks.curves trains exactly the run spot_core.actrectut scores: one point per fine-tuning
     epoch, and the last test point is that command's average mAP (the per-epoch scoring changes nothing)."""
