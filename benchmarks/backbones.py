@@ -33,14 +33,14 @@ from spot_core.outputs import write_text_atomic
 log = logging.getLogger(__name__)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-#: (name, preset, overrides): the original SPOT, the actrectut preset (local + spot head), and the
+#: (name, preset, overrides): the original SPOT, the actrectut preset (local + offset head), and the
 #: study's other combinations
 PAIRWISE = ("model.mask_head=pairwise", "model.abs_pos=false")
 ARCHS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("spot + spot (original)", "actrectut", SPOT_ORIGINAL_ACTRECTUT),
-    ("local + spot head (actrectut preset)", "actrectut", ()),
+    ("local + offset head (actrectut preset)", "actrectut", ()),
+    ("local + spot head", "actrectut", ("model.mask_head=spot",)),
     ("local + pairwise", "actrectut", PAIRWISE),
-    ("local + offset", "actrectut", ("model.mask_head=offset", "model.abs_pos=false")),
     ("conv + pairwise", "actrectut", ("model.backbone=conv", *PAIRWISE)),
     ("spot + spot (anet preset)", "anet", ()),
     ("local + spot head, anet sizes", "anet", ("model.backbone=local", "model.abs_pos=true",

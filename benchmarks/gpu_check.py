@@ -376,7 +376,7 @@ def whole_path(
     dev: torch.device, dry: bool, batches: list[int], rep: Report, preset: str = "anet"
 ) -> dict[str, Any]:
     """Features in, detections out, windows per second: reference / fused / fused as a CUDA graph
-    (``preset``: ``anet``, the original model; ``actrectut``, backbone local + mask head pairwise)."""
+    (``preset``: ``anet``, the original model; ``actrectut``, the preset: local backbone + offset head)."""
     from kernels.pipeline import fused_detect
     from spot_core.decode import detect
 

@@ -61,13 +61,13 @@ PEER = {
     "sup10": {"1->2": 72.1, "2->1": 92.0},
     "linear": {"1->2": 6.3, "2->1": 11.3},
 }
-#: ActRecTut architectures (``--arch``): the ``actrectut`` preset (local backbone, pairwise mask head,
-#: issue 14) and the original SPOT model with the recipe of issue 3 (runs cached before ``arch``
-#: existed are of this one)
-ARCHS = ("local-spot", "local-offset", "local-pairwise", "conv-pairwise", "spot")
+#: ActRecTut architectures (``--arch``): the ``actrectut`` preset (local backbone, offset mask head,
+#: issue 14), the preset with another mask head, and the original SPOT model with the recipe of
+#: issue 3 (runs cached before ``arch`` existed are of this one)
+ARCHS = ("local-offset", "local-spot", "local-pairwise", "conv-pairwise", "spot")
 ARCH_NAMES = {
-    "local-spot": "backbone local (+ sinusoidal position) + mask head spot (the `actrectut` preset)",
-    "local-offset": "backbone local (+ sinusoidal position) + mask head offset (`--arch local-offset`)",
+    "local-offset": "backbone local (+ sinusoidal position) + mask head offset (the `actrectut` preset)",
+    "local-spot": "backbone local (+ sinusoidal position) + mask head spot (`--arch local-spot`)",
     "local-pairwise": "backbone local + mask head pairwise, thresholds 0-0.8 (`--arch local-pairwise`)",
     "conv-pairwise": "backbone conv + mask head pairwise, thresholds 0-0.8 (`--arch conv-pairwise`)",
     "spot": "backbone spot + mask head spot (the original; `SPOT_ORIGINAL_ACTRECTUT` overrides)",
@@ -84,8 +84,8 @@ PAIRWISE = (
     "semi.mask_threshold=0.7",
 )
 ARCH_SETS = {
-    "local-spot": (),
-    "local-offset": ("model.mask_head=offset",),
+    "local-offset": (),
+    "local-spot": ("model.mask_head=spot",),
     "local-pairwise": PAIRWISE,
     "conv-pairwise": ("model.backbone=conv", *PAIRWISE),
 }

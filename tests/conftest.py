@@ -85,7 +85,9 @@ def one_thread():
 def make_model():
     """``make_model(cfg, seed=0, sharpen=None)``: a random-weight SPOT of ``cfg`` in eval mode, built
     right after ``torch.manual_seed(seed)``; ``sharpen`` multiplies the classifier's weight and bias
-    (sharper class scores: a full set of detections from every window)."""
+    (sharper class scores: a full set of detections from every window) and, for the ``offset`` mask
+    head, adds 0.5 to its extents' bias (random extents are half negative, i.e. empty boxes; +0.5 is
+    8 snippets on each side)."""
     import torch
 
     from spot_core.model import SPOT
@@ -97,6 +99,8 @@ def make_model():
             with torch.no_grad():
                 model.classifier.weight.mul_(sharpen)
                 model.classifier.bias.mul_(sharpen)
+                if cfg.model.mask_head == "offset":
+                    model.mask_box.bias.add_(0.5)
         return model
 
     return make

@@ -263,7 +263,7 @@ def test_ssl_results_arches_are_the_preset_with_their_heads():
     from benchmarks.ssl_results import ARCHS, _run_config, arch_config
 
     heads = {a: arch_config(a).model.mask_head for a in ARCHS}
-    assert heads == {"local-spot": "spot", "local-offset": "offset", "local-pairwise": "pairwise",
+    assert heads == {"local-offset": "offset", "local-spot": "spot", "local-pairwise": "pairwise",
                      "conv-pairwise": "pairwise", "spot": "spot"}  # fmt: skip
     assert arch_config(ARCHS[0]) == SpotConfig.preset("actrectut")  # the default arch is the preset
     cfgs = [_run_config("actrectut", "sup10", a) for a in ARCHS]

@@ -289,12 +289,13 @@ def test_fused_path_follows_the_new_heads(make_model, make_features, mask_head):
     assert want.valid.any()
 
 
-def test_streaming_equals_offline_with_the_new_backbone(make_model):
+@pytest.mark.parametrize("mask_head", ["pairwise", "offset"])
+def test_streaming_equals_offline_with_the_new_backbone(make_model, mask_head):
     from runtime.detector import StreamDetector
     from runtime.offline import offline_detect
     from runtime.session import EagerSession
 
-    cfg = toy_local("model.window_norm=true", "decode.top_k=64")
+    cfg = toy_local("model.window_norm=true", "decode.top_k=64", f"model.mask_head={mask_head}")
     session = EagerSession(make_model(cfg, 4, sharpen=5.0), cfg, batch_size=3)
     f = np.random.default_rng(0).standard_normal((150, cfg.model.feat_dim), dtype=np.float32)
     want = offline_detect(session, f, stride=16, snippet_rate=2.0, video_id="a")["results"]["a"]

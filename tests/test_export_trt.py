@@ -63,7 +63,7 @@ def onnx_files(tmp_path_factory, make_model):
     [
         ("toy", "heads"),
         ("toy", "decode"),
-        ("actrectut", "heads"),  # backbone local + mask head pairwise (issue 14)
+        ("actrectut", "heads"),  # the preset's model: backbone local + mask head offset (issue 14)
         pytest.param("actrectut", "decode", marks=pytest.mark.slow),
         pytest.param("anet", "heads", marks=pytest.mark.slow),
         pytest.param("anet", "decode", marks=pytest.mark.slow),

@@ -250,3 +250,22 @@ def test_rows_judged_normwise_for_reduced_precision_only(files):
         "mask: max abs diff 0.02 > 1e-3 + 1e-2 * max|ref| ("
     )
     assert "logits" not in r["reason"] and r["elementwise_outside"] == 1
+
+
+def test_actrectut_preset_model_passes_eager_and_onnxruntime(tmp_path, make_model):
+    """The ``actrectut`` preset's model (backbone local + mask head offset, issue 14): its checkpoint
+    and heads ONNX verify as the toy one does (random features; no data set for this window)."""
+    from export.onnx import export_onnx
+    from spot_core.checkpoint import save_model
+    from spot_core.config import SpotConfig
+
+    cfg = SpotConfig.preset("actrectut")
+    assert (cfg.model.backbone, cfg.model.mask_head) == ("local", "offset")
+    model = make_model(cfg, 0)
+    ckpt = save_model(tmp_path / "model.safetensors", model, cfg)
+    onnx = export_onnx(model, cfg, tmp_path / "model.onnx")
+    rows = verify(ckpt, onnx=onnx, backends=("eager", "onnxruntime"), **FAST)
+    for r in (_by(rows, "eager"), _by(rows, "onnxruntime-cpu")):
+        assert r["status"] == "passed", r
+        assert r["detections_equal"] is True and r["max_abs"] < 1e-4 and r["cosine"] > 0.99999
+        _check_new_keys(r)
