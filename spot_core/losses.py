@@ -109,7 +109,11 @@ def extent_loss(extent: torch.Tensor, target: torch.Tensor, valid: torch.Tensor 
     t = col.to(extent.dtype)[None, :]
     s = torch.where(tgt, col, T).amin(-1).to(extent.dtype)  # s, e: [B, T] first / last column of row t
     e = torch.where(tgt, col, -1).amax(-1).to(extent.dtype)
-    ds_t, de_t = t - s + 0.5, e - t + 0.5
+    # rows off the foreground (no instance: s = T, e = -1) get a harmless 0.5 / 0.5 target; they are
+    # masked out of the mean, but their raw targets can make union 0 and the masked-out 0 / 0 gives a NaN
+    # gradient (backward of the division), which once diverged a run (docs/results.md)
+    ds_t = torch.where(fg, t - s + 0.5, 0.5)
+    de_t = torch.where(fg, e - t + 0.5, 0.5)
     ds, de = extent[:, 0].float(), extent[:, 1].float()
     # both intervals contain t's own position when ds, de >= 0; unclamped, an empty or inverted
     # prediction (ds + de < 0) still has a gradient towards the target (union >= the target's length)

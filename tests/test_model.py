@@ -139,6 +139,24 @@ def test_extent_loss_is_zero_at_the_instance_and_pulls_towards_it():
     assert (empty.grad[0, :, 2:6] < 0).all()
 
 
+def test_extent_loss_gradient_is_finite_when_a_background_rows_box_has_no_length():
+    """A background row's (masked-out) GIoU once divided 0 by 0 in backward: every parameter NaN
+    (an ActRecTut run diverged at a finite loss). Row 8 below: ds = 1, de = -1 made its union 0."""
+    from spot_core.losses import extent_loss
+
+    T = 12
+    tgt = torch.zeros(1, T, T)
+    tgt[0, 2:6, 2:6] = 1.0
+    x = torch.zeros(1, 2, T)
+    x[0, :, 2:6] = 1.0
+    x[0, 0, 8], x[0, 1, 8] = 1.0, -1.0
+    x.requires_grad_(True)
+    loss = extent_loss(x, tgt, None)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+    assert (x.grad[0, :, 8] == 0).all() and (x.grad[0, :, 2:6] != 0).any()
+
+
 def test_offset_training_forward_equals_inference_forward():
     cfg = SpotConfig.preset("toy").override(["model.backbone=local", "model.mask_head=offset"])
     torch.manual_seed(0)
