@@ -24,30 +24,43 @@ from spot_core.outputs import write_text_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results" / "decode_choice.json"
 ORIGINAL_CLASS_THRESHOLDS = "decode.class_thresholds=[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9]"
-#: name -> overrides of the preset's decode
 ORIGINAL_MASK_THRESHOLDS = "decode.mask_thresholds=[0.0,0.2,0.4,0.6,0.8]"
+#: box voting off (decode.vote_iou)
+NO_VOTE = "decode.vote_iou=null"
 #: name -> decode overrides (of every setting the variants vary, so the names hold for any preset)
 VARIANTS: dict[str, tuple[str, ...]] = {
-    "with class proposals (original step 5)": (ORIGINAL_CLASS_THRESHOLDS, ORIGINAL_MASK_THRESHOLDS),
+    "with class proposals (original step 5)": (ORIGINAL_CLASS_THRESHOLDS, ORIGINAL_MASK_THRESHOLDS, NO_VOTE),
     "mask only, thresholds 0/0.2/0.4/0.6/0.8 (original)": (
         "decode.class_thresholds=[]",
         ORIGINAL_MASK_THRESHOLDS,
+        NO_VOTE,
     ),
-    "mask only, threshold 0.5": ("decode.class_thresholds=[]", "decode.mask_thresholds=[0.5]"),
+    "mask only, threshold 0.5": ("decode.class_thresholds=[]", "decode.mask_thresholds=[0.5]", NO_VOTE),
     "mask only, thresholds 0.3/0.5/0.7": (
         "decode.class_thresholds=[]",
         "decode.mask_thresholds=[0.3,0.5,0.7]",
+        NO_VOTE,
     ),
     "mask only, threshold 0.5, Soft-NMS sigma 0.3": (
         "decode.class_thresholds=[]",
         "decode.mask_thresholds=[0.5]",
         "decode.nms_sigma=0.3",
+        NO_VOTE,
     ),
     "mask only, original thresholds, top_k 64": (
         "decode.class_thresholds=[]",
         ORIGINAL_MASK_THRESHOLDS,
         "decode.top_k=64",
+        NO_VOTE,
     ),
+    **{
+        f"mask only, threshold 0.5, box voting IoU {v}": (
+            "decode.class_thresholds=[]",
+            "decode.mask_thresholds=[0.5]",
+            f"decode.vote_iou={v}",
+        )
+        for v in (0.3, 0.5, 0.7)
+    },
 }
 
 

@@ -8,7 +8,8 @@ recipe, which also trains on the unlabelled pieces without their labels. Every a
 *unlabelled* pieces of the same subject (their hidden labels, in ~150-second pieces, tIoU
 0.3:0.1:0.7). The other subject (the protocol's test stream) is never read. This is the development
 protocol for few-label choices: it measures how well a few labelled minutes generalise to the rest
-of the same stream (not to another subject: cross-subject shift is what it cannot see). One torch
+of the same stream (not to another subject: cross-subject shift is what it cannot see). Arms that
+differ only in ``decode`` settings are scored on one trained model. One torch
 thread. Prints one JSON line per subject, seed and arm and writes
 ``benchmarks/results/head_choice_<variant>.json``.
 """
@@ -54,12 +55,13 @@ def unlabelled_held_out(split, stream, piece_sec: float = 150.0):
     return held, windows
 
 
-def held_out_arm(
-    data: Path, subject: str, seed: int, sets: tuple[str, ...], variant: str = "sup10"
-) -> dict[str, Any]:
+def held_out_arms(
+    data: Path, subject: str, seed: int, arms: list[tuple[str, tuple[str, ...]]], variant: str = "sup10"
+) -> dict[str, dict[str, Any]]:
     """Train the ``variant`` row (``sup10``: the labelled pieces only; ``spot10``: SPOT's
     semi-supervised recipe, which also trains on the unlabelled pieces, without their labels) of the
-    preset + ``sets`` on ``subject`` and score it on that subject's unlabelled pieces. Returns
+    preset + each arm's overrides on ``subject`` and score it on that subject's unlabelled pieces.
+    Arms whose configs differ only in ``decode`` share one trained model. Returns, per arm name,
     ``{"average_mAP": %, "labeled_s", "held_out_s"}``."""
     import dataclasses
 
@@ -68,6 +70,7 @@ def held_out_arm(
         default_train_stride,
         evaluate_split,
         load_subjects,
+        training_settings,
         variant_config,
     )
     from spot_core.checkpoint import load_model
@@ -80,22 +83,34 @@ def held_out_arm(
     s = streams[subject]
     if variant not in ("sup10", "spot10"):
         raise ValueError(f"variant must be sup10 or spot10, got {variant!r}")
-    cfg = variant_config(SpotConfig.preset("actrectut").override(list(sets)), variant, seed)
-    split = build_split(
-        cfg, classes, s, s, labeled_fraction=0.1, split_seed=seed, train_stride=default_train_stride(cfg)
-    )
-    held, windows = unlabelled_held_out(split, s)
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.manual_seed(seed)
-        train = split.train_windows if variant == "spot10" else [w for w in split.train_windows if w.labeled]
-        train_on_windows(split.cfg, train, None, [], tmp, progress=False)
-        model, mcfg = load_model(Path(tmp) / "last.safetensors")
-    res = evaluate_split(model, dataclasses.replace(split, test_set=held, test_windows=windows), mcfg)
-    return {
-        "average_mAP": round(100 * res["average_mAP"], 2),
-        "labeled_s": split.labeled_seconds,
-        "held_out_s": round(sum(held.durations().values()), 1),
-    }
+    models: list[tuple[dict, Any]] = []  # (training settings, trained model)
+    out = {}
+    for name, sets in arms:
+        cfg = variant_config(SpotConfig.preset("actrectut").override(list(sets)), variant, seed)
+        split = build_split(
+            cfg, classes, s, s, labeled_fraction=0.1, split_seed=seed, train_stride=default_train_stride(cfg)
+        )
+        held, windows = unlabelled_held_out(split, s)
+        settings = training_settings(split.cfg)
+        model = next((m for st, m in models if st == settings), None)
+        if model is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                torch.manual_seed(seed)
+                train = split.train_windows
+                if variant != "spot10":
+                    train = [w for w in train if w.labeled]
+                train_on_windows(split.cfg, train, None, [], tmp, progress=False)
+                model, _ = load_model(Path(tmp) / "last.safetensors")
+            models.append((settings, model))
+        res = evaluate_split(
+            model, dataclasses.replace(split, test_set=held, test_windows=windows), split.cfg
+        )
+        out[name] = {
+            "average_mAP": round(100 * res["average_mAP"], 2),
+            "labeled_s": split.labeled_seconds,
+            "held_out_s": round(sum(held.durations().values()), 1),
+        }
+    return out
 
 
 def parse_arm(text: str) -> tuple[str, tuple[str, ...]]:
@@ -133,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in args.seeds:
         for subject in args.subjects:
+            scored = held_out_arms(args.data, subject, seed, args.arms, args.variant)
             for name, sets in args.arms:
                 row = {
                     "subject": subject,
@@ -141,9 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                     "arm": name,
                     "sets": list(sets),
                 }
-                row.update(held_out_arm(args.data, subject, seed, sets, args.variant))
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                rows.append({**row, **scored[name]})
+                print(json.dumps(rows[-1]), flush=True)
     means = {}
     for name, _ in args.arms:
         vals = [r["average_mAP"] for r in rows if r["arm"] == name]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from spot_core.config import DecodeConfig
-from spot_core.decode import Detections, merge_top, pass_through, stitch_windows, to_seconds
+from spot_core.decode import Detections, merge_top, pass_through, stitch_windows, to_seconds, vote_segments
 from spot_core.nms import soft_nms
 
 __all__ = ["WindowDets", "final_merge", "local_soft_nms"]
@@ -60,8 +60,14 @@ def final_merge(
         seg_sec, sc, lab, val = stitch_windows([""] * W, seg_sec, sc, lab, val, t0, dt, lens)
     if W == 1:
         one = pass_through(seg_sec[:1], sc[:1], lab[:1], val[:1], D)  # [1, D]
-        return Detections(*(x[0] for x in one))
-    return merge_top(seg_sec.reshape(-1, 2), sc.reshape(-1), lab.reshape(-1), val.reshape(-1), cfg)
+        merged = Detections(*(x[0] for x in one))
+    else:
+        merged = merge_top(seg_sec.reshape(-1, 2), sc.reshape(-1), lab.reshape(-1), val.reshape(-1), cfg)
+    if cfg.vote_iou is not None:  # the offline merge's box voting, on the same candidates in order
+        merged = vote_segments(
+            merged, seg_sec.reshape(-1, 2), sc.reshape(-1), lab.reshape(-1), val.reshape(-1), cfg.vote_iou
+        )
+    return merged
 
 
 def local_soft_nms(

@@ -213,6 +213,10 @@ class DecodeConfig:
     # end with the same action's detection in a later overlapping window (spot_core.decode.stitch_windows),
     # so an action longer than a window comes out as one segment
     stitch: bool = False
+    # after the merge of a video's windows: each kept detection's start and end become the
+    # score-weighted mean of every same-class candidate (the windows' detections) overlapping it by
+    # at least this 1-D IoU, itself included (box voting; spot_core.decode.vote_segments). null: off
+    vote_iou: float | None = None
 
 
 @dataclass(frozen=True)
@@ -512,6 +516,8 @@ def validate(cfg: SpotConfig) -> None:
         raise ConfigError(f"decode.nms_sigma must be > 0, got {dec.nms_sigma}")
     if dec.max_detections < 1:
         raise ConfigError(f"decode.max_detections must be >= 1, got {dec.max_detections}")
+    if dec.vote_iou is not None and not 0.0 < dec.vote_iou <= 1.0:
+        raise ConfigError(f"decode.vote_iou must be in (0, 1] or null, got {dec.vote_iou}")
     if dec.stitch and dc.mode != "window":
         raise ConfigError("decode.stitch joins detections across windows: it needs data.mode=window")
     if tr.epochs < 0 or tr.batch_size < 1:

@@ -47,7 +47,9 @@ references and the fused GPU path); :func:`decode_windows` chains them.
 :func:`detect` then removes duplicate ``(start, end, label)`` proposals of a window (keeping the
 highest score; equal scores keep the lowest proposal index), runs Gaussian Soft-NMS
 (:mod:`spot_core.nms`) and keeps ``max_detections`` per window. :func:`merge_windows` groups the
-windows of a video (sliding windows) and runs Soft-NMS again per video.
+windows of a video (sliding windows) and runs Soft-NMS again per video; with ``decode.vote_iou`` it
+then moves each kept detection's boundaries to the score-weighted mean of its overlapping
+same-class candidates (:func:`vote_segments`, box voting).
 
 Deviations from the original code (``spot_inference.py``, ``utils/postprocess_utils.py``):
 
@@ -110,6 +112,7 @@ __all__ = [
     "results_json",
     "stack_detections",
     "to_seconds",
+    "vote_segments",
 ]
 
 RESULTS_VERSION = "VERSION 1.3"
@@ -554,7 +557,51 @@ def merge_windows(
     sc = torch.where(single, t_sc, n_sc)
     lab = torch.where(single, t_lab, n_lab)
     val = torch.where(single, t_val, n_val)
-    return {v: Detections(seg[i], sc[i], lab[i], val[i]) for i, v in enumerate(vids)}
+    merged = {v: Detections(seg[i], sc[i], lab[i], val[i]) for i, v in enumerate(vids)}
+    if cfg.vote_iou is not None:
+        merged = {
+            v: vote_segments(d, p_seg[i], p_sc[i], p_lab[i], p_val[i], cfg.vote_iou)
+            for i, (v, d) in enumerate(merged.items())
+        }
+    return merged
+
+
+#: box voting: candidates per step (bounds the ``[D, chunk]`` overlap matrix of a long stream)
+VOTE_CHUNK = 2048
+
+
+def vote_segments(
+    det: Detections, seg: Tensor, scores: Tensor, labels: Tensor, valid: Tensor, iou: float
+) -> Detections:
+    """Box voting on one video's merged detections (unbatched ``[D]``): each valid detection's
+    segment becomes the score-weighted mean of the segments of every valid candidate with its label
+    whose 1-D IoU with it is ``>= iou`` (the detection's own candidate among them). Scores, labels
+    and order are kept; a detection with no such candidate (zero length) keeps its segment.
+
+    ``seg [N, 2]``, ``scores``, ``labels``, ``valid [N]``: the candidates the merge picked from
+    (every window's detections of the video, in window order). Only the valid candidates are read,
+    in order, ``VOTE_CHUNK`` at a time, in float64: the same candidates give the same bits whatever
+    padding surrounds them (the stream detector's final merge relies on it).
+    """
+    idx = torch.nonzero(valid.bool()).flatten()
+    c_seg = seg[idx].double()  # [n, 2]
+    c_sc = scores[idx].double()
+    c_lab = labels[idx].long()
+    d_seg = det.segments.double()  # [D, 2]
+    d_s, d_e = d_seg[:, :1], d_seg[:, 1:]  # [D, 1]
+    num = torch.zeros_like(d_seg)
+    den = torch.zeros(d_seg.shape[0], dtype=torch.float64, device=d_seg.device)
+    for a in range(0, idx.numel(), VOTE_CHUNK):
+        cs, cw, cl = c_seg[a : a + VOTE_CHUNK], c_sc[a : a + VOTE_CHUNK], c_lab[a : a + VOTE_CHUNK]
+        s, e = cs[None, :, 0], cs[None, :, 1]  # [1, C]
+        inter = (torch.minimum(d_e, e) - torch.maximum(d_s, s)).clamp_min(0.0)  # [D, C]
+        union = (d_e - d_s) + (e - s) - inter
+        same = (det.labels.long()[:, None] == cl[None]) & det.valid.bool()[:, None]
+        w = torch.where(same & (union > 0) & (inter >= iou * union), cw[None], 0.0)  # [D, C]
+        num = num + w @ cs
+        den = den + w.sum(1)
+    voted = torch.where((den > 0)[:, None], num / den.clamp_min(1e-300)[:, None], d_seg)
+    return det._replace(segments=voted.to(det.segments.dtype))
 
 
 @torch.no_grad()

@@ -289,17 +289,26 @@ def test_fused_path_follows_the_new_heads(make_model, make_features, mask_head):
     assert want.valid.any()
 
 
-@pytest.mark.parametrize("mask_head", ["pairwise", "offset"])
-def test_streaming_equals_offline_with_the_new_backbone(make_model, mask_head):
+@pytest.mark.parametrize(("mask_head", "vote"), [("pairwise", "null"), ("offset", "null"), ("offset", "0.5")])
+def test_streaming_equals_offline_with_the_new_backbone(make_model, mask_head, vote):
     from runtime.detector import StreamDetector
     from runtime.offline import offline_detect
     from runtime.session import EagerSession
 
-    cfg = toy_local("model.window_norm=true", "decode.top_k=64", f"model.mask_head={mask_head}")
-    session = EagerSession(make_model(cfg, 4, sharpen=5.0), cfg, batch_size=3)
+    cfg = toy_local(
+        "model.window_norm=true", "decode.top_k=64", f"model.mask_head={mask_head}", f"decode.vote_iou={vote}"
+    )
+    model = make_model(cfg, 4, sharpen=5.0)
+    session = EagerSession(model, cfg, batch_size=3)
     f = np.random.default_rng(0).standard_normal((150, cfg.model.feat_dim), dtype=np.float32)
     want = offline_detect(session, f, stride=16, snippet_rate=2.0, video_id="a")["results"]["a"]
     assert want
+    if vote != "null":  # box voting moved some boundaries (and nothing else)
+        plain_cfg = cfg.override(["decode.vote_iou=null"])
+        plain = offline_detect(EagerSession(model, plain_cfg, batch_size=3), f, stride=16,
+                               snippet_rate=2.0, video_id="a")["results"]["a"]  # fmt: skip
+        assert [e["segment"] for e in plain] != [e["segment"] for e in want]
+        assert [(e["label"], e["score"]) for e in plain] == [(e["label"], e["score"]) for e in want]
     for chunk in (1, 7, 64):
         det = StreamDetector(session, stride=16, snippet_rate=2.0)
         det.open("a")

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spot_core.config import DecodeConfig
+from spot_core.config import ConfigError, DecodeConfig, SpotConfig
 from spot_core.decode import (
     Detections,
     Proposals,
@@ -22,6 +22,7 @@ from spot_core.decode import (
     results_json,
     stack_detections,
     to_seconds,
+    vote_segments,
 )
 from spot_core.decode_steps import dedup
 from spot_core.nms import soft_nms_reference
@@ -561,6 +562,68 @@ def test_merge_windows_overlapping_windows():
         )
         == {}
     )
+
+
+def test_box_voting_moves_boundaries_to_the_weighted_mean_of_overlapping_candidates():
+    """decode.vote_iou: the merge of test_merge_windows_overlapping_windows, then box voting."""
+    cfg = DecodeConfig(max_detections=4, nms_sigma=0.5, vote_iou=0.5)
+    seg = torch.tensor(
+        [
+            [[10.0, 20.0], [0.0, 5.0], [0.0, 0.0]],
+            [[40.0, 50.0], [0.0, 0.0], [0.0, 0.0]],
+            [[10.0, 20.0], [11.0, 20.0], [30.0, 35.0]],
+        ]
+    )
+    sc = torch.tensor([[0.9, 0.3, 0.0], [0.6, 0.0, 0.0], [0.8, 0.7, 0.4]])
+    lab = torch.tensor([[1, 1, 0], [2, 0, 0], [1, 1, 1]])
+    val = torch.tensor([[True, True, False], [True, False, False], [True, True, True]])
+    plain = merge_windows(["a", "b", "a"], seg, sc, lab, val, DecodeConfig(max_detections=4, nms_sigma=0.5))
+    out = merge_windows(["a", "b", "a"], seg, sc, lab, val, cfg)
+    # [10, 20) and [11, 20) vote with both [10, 20) candidates and [11, 20) (IoU 0.9), weights 0.9, 0.8, 0.7
+    start = (10 * 0.9 + 10 * 0.8 + 11 * 0.7) / (0.9 + 0.8 + 0.7)
+    a = out["a"]
+    assert a.segments[:, 0].tolist() == pytest.approx([start, 30, 0, start])
+    assert a.segments[:, 1].tolist() == [20, 35, 5, 20]
+    for x, y in zip(out["a"][1:], plain["a"][1:], strict=True):  # scores, labels, valid untouched
+        assert torch.equal(x, y)
+    assert torch.equal(out["b"].segments, plain["b"].segments)  # one candidate: itself
+
+
+def test_box_voting_reads_only_same_class_valid_candidates_and_ignores_padding(monkeypatch):
+    det = Detections(
+        torch.tensor([[0.0, 10.0], [20.0, 30.0], [0.0, 0.0]], dtype=torch.float64),
+        torch.tensor([0.9, 0.5, 0.0]),
+        torch.tensor([0, 1, 0]),
+        torch.tensor([True, True, False]),
+    )
+    seg = torch.tensor(
+        [[0.0, 10.0], [2.0, 10.0], [0.0, 12.0], [20.0, 30.0], [0.0, 9.0], [25.0, 45.0]]
+    ).double()
+    sc = torch.tensor([0.9, 0.6, 0.3, 0.5, 0.8, 0.9])
+    lab = torch.tensor([0, 0, 1, 1, 0, 1])
+    val = torch.tensor([True, True, True, True, False, True])
+    got = vote_segments(det, seg, sc, lab, val, 0.7)
+    # row 0: [0, 10) and [2, 10) (IoU 0.8); [0, 12) is another class, [0, 9) is not valid.
+    # row 1: [25, 45) overlaps [20, 30) by 0.2 < 0.7: alone. Row 2 is not valid: unchanged
+    want = [[(0 * 0.9 + 2 * 0.6) / 1.5, 10.0], [20.0, 30.0], [0.0, 0.0]]
+    torch.testing.assert_close(got.segments, torch.tensor(want, dtype=torch.float64))
+    assert torch.equal(got.scores, det.scores) and torch.equal(got.labels, det.labels)
+    # the same valid candidates between invalid padding: the same bits; in chunks of 2: the same values
+    pad = lambda x, v: torch.cat([x[:2], v.expand(3, *x.shape[1:]), x[2:], v.expand(5, *x.shape[1:])])  # noqa: E731
+    again = vote_segments(
+        det,
+        pad(seg, torch.tensor([[7.0, 8.0]]).double()),
+        pad(sc, torch.tensor([1.0])),
+        pad(lab, torch.tensor([0])),
+        pad(val, torch.tensor([False])),
+        0.7,
+    )
+    assert torch.equal(again.segments, got.segments)
+    monkeypatch.setattr("spot_core.decode.VOTE_CHUNK", 2)
+    torch.testing.assert_close(vote_segments(det, seg, sc, lab, val, 0.7).segments, got.segments)
+    for bad in ("0", "1.5"):
+        with pytest.raises(ConfigError, match="decode.vote_iou"):
+            SpotConfig.preset("toy").override([f"decode.vote_iou={bad}"])
 
 
 # ------------------------------------------------------------------------------------- export

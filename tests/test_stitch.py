@@ -23,11 +23,11 @@ T, K = 128, 3
 LENGTHS = (3, 6, 13, 32, 64, 100, 128, 200, 256, 640, 1280)  # snippets: 2.3 % .. 10x T
 
 
-def _cfg(stitch: bool) -> SpotConfig:
+def _cfg(stitch: bool, vote: str = "null") -> SpotConfig:
     return SpotConfig.preset("toy").override(
         [f"model.num_snippets={T}", f"model.num_classes={K}", f"model.feat_dim={K + 1}", "model.head_dim=8",
          "data.mode=window", "data.stride=32", "data.snippet_rate=4.0", f"decode.top_k={T}",
-         f"decode.stitch={str(stitch).lower()}"]
+         f"decode.stitch={str(stitch).lower()}", f"decode.vote_iou={vote}"]
     )  # fmt: skip
 
 
@@ -74,8 +74,8 @@ def _found(results: list[dict], inst, rate=4.0, tiou=0.7) -> list[bool]:
     return out
 
 
-def _session(stitch: bool, batch: int = 8) -> Oracle:
-    cfg = _cfg(stitch)
+def _session(stitch: bool, batch: int = 8, vote: str = "null") -> Oracle:
+    cfg = _cfg(stitch, vote)
     torch.manual_seed(0)
     return Oracle(SPOT(cfg.model).eval(), cfg, batch_size=batch)
 
@@ -90,10 +90,13 @@ def test_stitching_finds_actions_from_2_percent_to_10x_the_window():
     assert sum(plain) == 8 and sum(stitched) == len(inst) == 22  # the measurement (docs, README)
 
 
-@pytest.mark.parametrize(("chunk", "batch"), [(1, 1), (37, 3), (500, 8)])
-def test_streamed_equals_offline_with_stitching(chunk, batch):
+@pytest.mark.parametrize(
+    ("chunk", "batch", "vote"), [(1, 1, "null"), (37, 3, "null"), (500, 8, "null"), (37, 3, "0.5")]
+)
+def test_streamed_equals_offline_with_stitching(chunk, batch, vote):
+    """(decode.vote_iou: box voting after the merge, on the stitched candidates)"""
     x, inst = _stream(seed=1)
-    session = _session(True, batch)
+    session = _session(True, batch, vote)
     want = offline_detect(session, x)["results"]["stream"]
     det = StreamDetector(session, snippet_rate=4.0)
     det.open("stream")
