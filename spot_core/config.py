@@ -702,7 +702,9 @@ def _actrectut() -> SpotConfig:
         # across subjects (docs/results.md, "Few-label choices")
         semi=SemiConfig(pretrain_epochs=5, pretrain_steps_per_epoch=30, rampup_epochs=10),
         # no class-activation proposals, one mask threshold 0.5: chosen on held-out data of the
-        # training subject (python -m benchmarks.decode_choice; docs/results.md)
+        # training subject (python -m benchmarks.decode_choice; docs/results.md). Box voting at IoU 0.3:
+        # the best of null / 0.3 / 0.5 / 0.7 on the training subjects' unlabelled pieces (supervised
+        # 10 %, 3 seeds, benchmarks/results/vote_choice_sup10.json; docs/results.md, "Box voting")
         decode=DecodeConfig(
             top_k=128,
             mask_thresholds=(0.5,),
@@ -710,6 +712,7 @@ def _actrectut() -> SpotConfig:
             class_mode="snippet",
             mask_segment="anchored",
             nms_class_aware=True,
+            vote_iou=0.3,
         ),
     )
 
