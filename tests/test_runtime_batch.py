@@ -164,12 +164,16 @@ def test_bad_input(corpus: dict[str, Path], tmp_path: Path, capsys: pytest.Captu
 
 
 def _same_detections(a: dict, b: dict) -> None:
-    """Equal labels and segments per video; scores equal to float rounding (other batch compositions)."""
+    """Equal labels per video; scores equal to float rounding (other batch compositions), and so
+    segments too (the preset's box voting weights them by scores)."""
     assert a.keys() == b.keys()
     for v, dets in a.items():
-        assert [(d["label"], d["segment"]) for d in dets] == [(d["label"], d["segment"]) for d in b[v]]
+        assert [d["label"] for d in dets] == [d["label"] for d in b[v]]
         np.testing.assert_allclose(
             [d["score"] for d in dets], [d["score"] for d in b[v]], rtol=1e-5, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            [d["segment"] for d in dets], [d["segment"] for d in b[v]], rtol=1e-6, atol=1e-6
         )
 
 
