@@ -64,9 +64,10 @@ PEER = {
 #: ActRecTut architectures (``--arch``): the ``actrectut`` preset (local backbone, offset mask head,
 #: issue 14), the preset with another mask head, and the original SPOT model with the recipe of
 #: issue 3 (runs cached before ``arch`` existed are of this one)
-ARCHS = ("local-offset", "local-spot", "local-pairwise", "conv-pairwise", "spot")
+ARCHS = ("local-offset", "local-offset-novote", "local-spot", "local-pairwise", "conv-pairwise", "spot")
 ARCH_NAMES = {
     "local-offset": "backbone local (+ sinusoidal position) + mask head offset (the `actrectut` preset)",
+    "local-offset-novote": "the `actrectut` preset without box voting (`--arch local-offset-novote`)",
     "local-spot": "backbone local (+ sinusoidal position) + mask head spot (`--arch local-spot`)",
     "local-pairwise": "backbone local + mask head pairwise, thresholds 0-0.8 (`--arch local-pairwise`)",
     "conv-pairwise": "backbone conv + mask head pairwise, thresholds 0-0.8 (`--arch conv-pairwise`)",
@@ -75,20 +76,26 @@ ARCH_NAMES = {
 #: overrides of the ``actrectut`` preset per architecture (``spot``: SPOT_ORIGINAL_ACTRECTUT)
 # the study's other architectures were measured with the original mask thresholds (the preset's
 # decode before it moved to one threshold, 0.5); they keep them so their runs stay comparable
-# (and no ramp-up of the pseudo-label terms, which the preset adopted after them)
+# (and no ramp-up of the pseudo-label terms, which the preset adopted after them); and no box voting
+# (decode.vote_iou), which the preset adopted after all of them
+NO_VOTE = "decode.vote_iou=null"
 PAIRWISE = (
     "model.mask_head=pairwise",
     "model.abs_pos=false",
     "decode.mask_thresholds=[0.0,0.2,0.4,0.6,0.8]",
     "semi.rampup_epochs=0",
     "semi.mask_threshold=0.7",
+    NO_VOTE,
 )
 ARCH_SETS = {
     "local-offset": (),
-    "local-spot": ("model.mask_head=spot",),
+    "local-offset-novote": (NO_VOTE,),
+    "local-spot": ("model.mask_head=spot", NO_VOTE),
     "local-pairwise": PAIRWISE,
     "conv-pairwise": ("model.backbone=conv", *PAIRWISE),
 }
+#: architectures that differ from another only in decode settings share its stored models (``--models``)
+SAME_MODELS = {"local-offset-novote": "local-offset"}
 # toy rows at 10% labels: as many optimiser steps per epoch as the 100% run (240 videos / batch 16)
 TOY_STEPS = 15
 TOY_PRETRAIN = 10
@@ -119,7 +126,7 @@ def run_actrectut(
     out = None
     if models is not None:
         ctx = f"_ctx{len(context)}" if context else ""
-        out = models / f"{arch}_{row}_{direction.replace('->', 'to')}_s{seed}{ctx}"
+        out = models / f"{SAME_MODELS.get(arch, arch)}_{row}_{direction.replace('->', 'to')}_s{seed}{ctx}"
         out.mkdir(parents=True, exist_ok=True)
     return run_direction(
         data, direction, row, seed, cfg=arch_config(arch), context=context, out_dir=out, reuse=out is not None
@@ -189,9 +196,24 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def same_settings(stored: dict, current: dict) -> bool:
-    """A cached run counts when every config key it recorded has the current value. Keys added to
-    the config after the run (absent from ``stored``) are assumed to default to the old behaviour."""
-    return all(current.get(k, v) == v for k, v in stored.items()) and all(k in current for k in stored)
+    """A cached run counts when every config key it recorded has the current value. A key added to
+    the config after the run (absent from ``stored``) was added with its old behaviour as the
+    default: a ``decode`` key then counts only while its current value is that default (a decode
+    setting always changes the scores: a preset that turns on ``decode.vote_iou`` no longer counts
+    the runs from before the key); any other key is assumed not to matter (e.g. attention sizes
+    added after the runs of the ``spot`` backbone, which has no attention)."""
+    if not all(k in current and current[k] == v for k, v in stored.items()):
+        return False
+    defaults = _defaults()
+    new = [k for k in current.keys() - stored.keys() if k.startswith("decode.")]
+    return all(current[k] == defaults.get(k, current[k]) for k in new)
+
+
+def _defaults() -> dict:
+    """Every config key's dataclass default (``SpotConfig()``), flat."""
+    from spot_core.config import SpotConfig
+
+    return _flat(SpotConfig().to_dict())
 
 
 def load_cache(path: Path) -> list[dict]:

@@ -7,7 +7,9 @@ scaled x5 so windows yield detections) and random features: the numbers measure 
     preview merge) -- the per-window latency;
 (b) 64 concurrent streams, one window each, batched into one padded batch of 64, then closed
     (final exact merge per stream);
-(c) the final merge of a 1-hour stream at 2 snippets/s (143 windows of stored detections).
+(c) the final merge of a 1-hour stream at 2 snippets/s (143 windows of stored detections);
+(d) the final merge of a 1-hour stream with the ``stream`` preset's decode (450 windows, D = 1,000),
+    with and without box voting.
 
 ``extra_info`` holds windows/s and snippets/s from the median. ``python -m benchmarks.streaming``
 gives the full latency percentiles and the 1 / 64 / 1024-stream table per backend.
@@ -90,3 +92,37 @@ def test_final_merge_one_hour(benchmark, anet):
     out = benchmark.pedantic(merge, rounds=5, iterations=1, warmup_rounds=1)
     assert 0 < len(out) <= cfg.decode.max_detections
     _rates(benchmark, det.windows_run, n)
+
+
+@pytest.mark.parametrize("vote", [None, 0.3])
+def test_final_merge_one_hour_stream_preset(benchmark, vote):
+    """(d) the final merge of a 1-hour stream with the ``stream`` preset's decode (ActRecTut shape:
+    4 snippets/s, T = 128, stride 32, D = 1,000, stitching on): 450 windows of 100 stored detections
+    (random), with and without its box voting (``decode.vote_iou``)."""
+    from runtime.merge import final_merge
+    from spot_core.config import SpotConfig
+
+    cfg = SpotConfig.preset("actrectut").override(["decode.stitch=true", "decode.max_detections=1000"])
+    cfg = cfg.override([f"decode.vote_iou={'null' if vote is None else vote}"])
+    rate, T, S = 4.0, cfg.model.num_snippets, cfg.data.stride
+    n = int(3600 * rate)
+    W = (n - T) // S + 2
+    rng = np.random.default_rng(0)
+    dets = []
+    for _ in range(W):
+        a = rng.integers(0, T - 4, 100)
+        seg = np.stack([a, np.minimum(T, a + rng.integers(4, 40, 100))], 1).astype(np.int32)
+        dets.append(
+            (
+                seg,
+                np.sort(rng.random(100, dtype=np.float32))[::-1].copy(),
+                rng.integers(0, 11, 100).astype(np.int32),
+            )
+        )
+
+    def merge():
+        return final_merge(dets, S, 1.0 / rate, cfg.decode, window=T, num_snippets=n)
+
+    out = benchmark.pedantic(merge, rounds=5, iterations=1, warmup_rounds=1)
+    assert int(out.valid.sum()) == 1000
+    benchmark.extra_info.update({"windows": W, "candidates": 100 * W, "vote_iou": vote})

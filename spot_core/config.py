@@ -734,6 +734,7 @@ SPOT_ORIGINAL_ACTRECTUT = (
     "decode.top_k=10",
     "decode.class_thresholds=[0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9]",
     "decode.mask_thresholds=[0.0,0.2,0.4,0.6,0.8]",
+    "decode.vote_iou=null",
     "semi.pretrain_steps_per_epoch=null",
     "semi.rampup_epochs=0",
     "semi.mask_threshold=0.7",

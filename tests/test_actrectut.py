@@ -257,14 +257,34 @@ def test_cached_runs_of_other_settings_do_not_hide_earlier_current_ones():
     assert current_runs([old, trial, newer]) == [newer]
 
 
+def test_cached_runs_from_before_a_decode_key_count_only_while_it_is_at_its_default():
+    """benchmarks.ssl_results: a run cached before ``decode.vote_iou`` existed was not voted, so it
+    no longer counts for the preset (which votes) but does for an arch that turns voting off; a
+    non-decode key added later (attention sizes) does not discount the original model's runs."""
+    from benchmarks.ssl_results import _run_config, current_runs
+
+    key = {"dataset": "actrectut", "row": "sup10", "direction": "1->2", "seed": 0}
+    for arch, counts in (("local-offset", False), ("local-offset-novote", True)):
+        cfg = _run_config("actrectut", "sup10", arch)
+        before = {k: v for k, v in cfg.items() if k != "decode.vote_iou"}
+        run = {**key, "arch": arch, "average_mAP": 0.8, "config": before}
+        assert current_runs([run]) == ([run] if counts else [])
+    cfg = _run_config("actrectut", "sup10", "spot")
+    before = {k: v for k, v in cfg.items() if k not in ("model.attn_window", "model.num_layers")}
+    run = {**key, "arch": "spot", "average_mAP": 0.05, "config": before}
+    assert current_runs([run]) == [run]
+
+
 def test_ssl_results_arches_are_the_preset_with_their_heads():
     """benchmarks.ssl_results --arch: each ActRecTut architecture is the preset with its mask head, so
     the runs of one never count as another's (their cached configs differ)."""
     from benchmarks.ssl_results import ARCHS, _run_config, arch_config
 
     heads = {a: arch_config(a).model.mask_head for a in ARCHS}
-    assert heads == {"local-offset": "offset", "local-spot": "spot", "local-pairwise": "pairwise",
-                     "conv-pairwise": "pairwise", "spot": "spot"}  # fmt: skip
+    assert heads == {"local-offset": "offset", "local-offset-novote": "offset", "local-spot": "spot",
+                     "local-pairwise": "pairwise", "conv-pairwise": "pairwise", "spot": "spot"}  # fmt: skip
+    votes = {a: arch_config(a).decode.vote_iou for a in ARCHS}  # only the preset votes (added after the rest)
+    assert votes["local-offset"] == 0.3 and not any(v for a, v in votes.items() if a != "local-offset")
     assert arch_config(ARCHS[0]) == SpotConfig.preset("actrectut")  # the default arch is the preset
     cfgs = [_run_config("actrectut", "sup10", a) for a in ARCHS]
     assert all(a != b for i, a in enumerate(cfgs) for b in cfgs[i + 1 :])
