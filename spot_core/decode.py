@@ -591,15 +591,22 @@ def vote_segments(
     d_s, d_e = d_seg[:, :1], d_seg[:, 1:]  # [D, 1]
     num = torch.zeros_like(d_seg)
     den = torch.zeros(d_seg.shape[0], dtype=torch.float64, device=d_seg.device)
+    d_lab, d_ok = det.labels.long(), det.valid.bool()
     for a in range(0, idx.numel(), VOTE_CHUNK):
         cs, cw, cl = c_seg[a : a + VOTE_CHUNK], c_sc[a : a + VOTE_CHUNK], c_lab[a : a + VOTE_CHUNK]
+        # only the detections that reach into this chunk's time span can overlap its candidates (the
+        # candidates come in window order, so a chunk of a long stream spans a few minutes)
+        rows = torch.nonzero(d_ok & (d_seg[:, 1] > cs[:, 0].min()) & (d_seg[:, 0] < cs[:, 1].max())).flatten()
+        if rows.numel() == 0:
+            continue
         s, e = cs[None, :, 0], cs[None, :, 1]  # [1, C]
-        inter = (torch.minimum(d_e, e) - torch.maximum(d_s, s)).clamp_min(0.0)  # [D, C]
-        union = (d_e - d_s) + (e - s) - inter
-        same = (det.labels.long()[:, None] == cl[None]) & det.valid.bool()[:, None]
-        w = torch.where(same & (union > 0) & (inter >= iou * union), cw[None], 0.0)  # [D, C]
-        num = num + w @ cs
-        den = den + w.sum(1)
+        r_s, r_e = d_s[rows], d_e[rows]  # [R, 1]
+        inter = (torch.minimum(r_e, e) - torch.maximum(r_s, s)).clamp_min(0.0)  # [R, C]
+        union = (r_e - r_s) + (e - s) - inter
+        same = d_lab[rows, None] == cl[None]
+        w = torch.where(same & (union > 0) & (inter >= iou * union), cw[None], 0.0)  # [R, C]
+        num[rows] += w @ cs
+        den[rows] += w.sum(1)
     voted = torch.where((den > 0)[:, None], num / den.clamp_min(1e-300)[:, None], d_seg)
     return det._replace(segments=voted.to(det.segments.dtype))
 
