@@ -53,14 +53,6 @@ VARIANTS: dict[str, tuple[str, ...]] = {
         "decode.top_k=64",
         NO_VOTE,
     ),
-    **{
-        f"mask only, threshold 0.5, box voting IoU {v}": (
-            "decode.class_thresholds=[]",
-            "decode.mask_thresholds=[0.5]",
-            f"decode.vote_iou={v}",
-        )
-        for v in (0.3, 0.5, 0.7)
-    },
 }
 
 

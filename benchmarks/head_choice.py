@@ -83,17 +83,23 @@ def held_out_arms(
     s = streams[subject]
     if variant not in ("sup10", "spot10"):
         raise ValueError(f"variant must be sup10 or spot10, got {variant!r}")
-    models: list[tuple[dict, Any]] = []  # (training settings, trained model)
+    trained: list[tuple[dict, Any, Any, Any, Any]] = []  # (settings, model, split, held, windows)
     out = {}
     for name, sets in arms:
         cfg = variant_config(SpotConfig.preset("actrectut").override(list(sets)), variant, seed)
-        split = build_split(
-            cfg, classes, s, s, labeled_fraction=0.1, split_seed=seed, train_stride=default_train_stride(cfg)
-        )
-        held, windows = unlabelled_held_out(split, s)
-        settings = training_settings(split.cfg)
-        model = next((m for st, m in models if st == settings), None)
-        if model is None:
+        settings = training_settings(cfg)
+        hit = next((t for t in trained if t[0] == settings), None)
+        if hit is None:  # a new training config: split, held-out pieces and model built once
+            split = build_split(
+                cfg,
+                classes,
+                s,
+                s,
+                labeled_fraction=0.1,
+                split_seed=seed,
+                train_stride=default_train_stride(cfg),
+            )
+            held, windows = unlabelled_held_out(split, s)
             with tempfile.TemporaryDirectory() as tmp:
                 torch.manual_seed(seed)
                 train = split.train_windows
@@ -101,10 +107,11 @@ def held_out_arms(
                     train = [w for w in train if w.labeled]
                 train_on_windows(split.cfg, train, None, [], tmp, progress=False)
                 model, _ = load_model(Path(tmp) / "last.safetensors")
-            models.append((settings, model))
-        res = evaluate_split(
-            model, dataclasses.replace(split, test_set=held, test_windows=windows), split.cfg
-        )
+            hit = (settings, model, split, held, windows)
+            trained.append(hit)
+        _, model, split, held, windows = hit
+        scored = dataclasses.replace(split, test_set=held, test_windows=windows)
+        res = evaluate_split(model, scored, split.cfg.replace(decode=cfg.decode))
         out[name] = {
             "average_mAP": round(100 * res["average_mAP"], 2),
             "labeled_s": split.labeled_seconds,

@@ -30,6 +30,7 @@ Runs use one torch thread (shared 2-core machines). Numbers are of the model aft
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import statistics
@@ -209,6 +210,7 @@ def same_settings(stored: dict, current: dict) -> bool:
     return all(current[k] == defaults.get(k, current[k]) for k in new)
 
 
+@functools.cache
 def _defaults() -> dict:
     """Every config key's dataclass default (``SpotConfig()``), flat."""
     from spot_core.config import SpotConfig

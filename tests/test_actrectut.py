@@ -243,6 +243,24 @@ def test_head_choice_scores_only_the_unlabelled_pieces_of_the_training_subject(s
     assert windows and all(w.video_id in held.videos for w in windows)
 
 
+def test_head_choice_trains_once_for_arms_that_differ_only_in_decode(shared_data, monkeypatch):
+    """benchmarks.head_choice: decode-only arms share one trained model (and each is scored with its
+    own decode); an arm with another training setting trains its own."""
+    import spot_core.training
+    from benchmarks.head_choice import held_out_arms
+
+    calls = []
+    real = spot_core.training.train_on_windows
+    monkeypatch.setattr(
+        spot_core.training, "train_on_windows", lambda c, *a, **k: calls.append(c) or real(c, *a, **k)
+    )
+    tiny = ("train.epochs=1", "train.steps_per_epoch=1", "model.num_layers=1", "model.hidden_dim=16")
+    arms = [("plain", tiny), ("vote", (*tiny, "decode.vote_iou=0.5")), ("other", (*tiny, "train.lr=0.002"))]
+    out = held_out_arms(shared_data / "actrectut", "subject1_gesture", 0, arms)
+    assert list(out) == ["plain", "vote", "other"] and len(calls) == 2
+    assert calls[1].train.lr == 0.002 and all(0 <= r["average_mAP"] <= 100 for r in out.values())
+
+
 def test_cached_runs_of_other_settings_do_not_hide_earlier_current_ones():
     """benchmarks.ssl_results: the latest run per key *among those of the current settings* counts,
     so a later trial of other settings (then reverted) leaves the earlier runs in the tables."""
