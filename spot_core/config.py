@@ -169,6 +169,12 @@ class SemiConfig:
     # "corrupted": targets from the clean input, loss on the reconstruction's corrupted input
     # (augmentation consistency as in FixMatch; docs/deviations.md)
     pseudo_view: str = "corrupted"
+    # which rows of the unlabelled mask carry a pseudo target: "threshold" (every real row, its
+    # prediction >= mask_threshold: the original) or "class" (gated by the pseudo class: rows whose class
+    # is kept (cls_threshold) and foreground get their thresholded row, kept background rows an empty
+    # row, the other rows no mask loss; the ``offset`` head's extent loss is then applied to the
+    # foreground rows too, against the teacher's box)
+    pseudo_mask: str = "threshold"
     # where the pseudo-label targets come from: "self" (the model's own forward, in training mode:
     # the original) or "ema" (the weight average of train.ema_decay, eval mode: a mean teacher)
     teacher: str = "self"
@@ -599,6 +605,8 @@ def _validate_semi(s: SemiConfig) -> None:
         raise ConfigError(f"semi.unlabeled_batch_size must be >= 1 or null, got {s.unlabeled_batch_size}")
     if s.pseudo_view not in ("same", "corrupted"):
         raise ConfigError(f"semi.pseudo_view must be 'same' or 'corrupted', got {s.pseudo_view!r}")
+    if s.pseudo_mask not in ("threshold", "class"):
+        raise ConfigError(f"semi.pseudo_mask must be 'threshold' or 'class', got {s.pseudo_mask!r}")
     if s.recon_drop_mode not in ("snippet", "channel", "element"):
         raise ConfigError(
             f"semi.recon_drop_mode must be snippet, channel or element, not {s.recon_drop_mode!r}"

@@ -141,7 +141,7 @@ class DDPModel:
     """The model with its forward-like methods routed through DistributedDataParallel; every other
     attribute (``parameters``, ``train``, ``classifier``...) is the model's own."""
 
-    ROUTED = ("forward_train", "embed", "heads", "clip_order", "mask_hidden", "reconstruct")
+    ROUTED = ("forward_train", "embed", "heads", "head_outputs", "clip_order", "mask_hidden", "reconstruct")
 
     def __init__(self, model: nn.Module, ddp: nn.parallel.DistributedDataParallel) -> None:
         self._model, self._ddp = model, ddp

@@ -81,10 +81,18 @@ def mask_weight(valid: torch.Tensor) -> torch.Tensor:
 
 
 def mask_loss(
-    pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None, cfg: LossConfig
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor | None,
+    cfg: LossConfig,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mask head loss: bce_weight x balanced BCE + dice_weight x dice. pred, target: [B, T, T]."""
+    """Mask head loss: bce_weight x balanced BCE + dice_weight x dice. pred, target: [B, T, T];
+    ``rows`` [B, T] bool (None: every row) restricts the loss to those rows' real entries."""
     w = None if valid is None else mask_weight(valid)
+    if rows is not None:
+        r = rows.float().unsqueeze(2)
+        w = r.expand_as(pred) if w is None else w * r
     return cfg.mask_bce_weight * balanced_bce(pred, target, w) + cfg.mask_dice_weight * dice_loss(
         pred, target, w
     )
@@ -124,11 +132,19 @@ def extent_loss(extent: torch.Tensor, target: torch.Tensor, valid: torch.Tensor 
     return (1.0 - giou)[fg].mean()
 
 
-def _mask_terms(out: dict[str, torch.Tensor], target: torch.Tensor, valid, cfg: LossConfig) -> torch.Tensor:
-    """The mask loss, plus the extent loss when the head regresses extents (``offset``)."""
-    msk = mask_loss(out["mask"], target, valid, cfg)
+def _mask_terms(
+    out: dict[str, torch.Tensor],
+    target: torch.Tensor,
+    valid: torch.Tensor | None,
+    cfg: LossConfig,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The mask loss, plus the extent loss when the head regresses extents (``offset``); ``rows``
+    (None: all) restricts both to those rows."""
+    msk = mask_loss(out["mask"], target, valid, cfg, rows)
     if "extent" in out and cfg.extent_weight > 0:
-        msk = msk + cfg.extent_weight * extent_loss(out["extent"], target, valid)
+        ext_valid = valid if rows is None else (rows if valid is None else rows & valid.bool())
+        msk = msk + cfg.extent_weight * extent_loss(out["extent"], target, ext_valid)
     return msk
 
 
@@ -173,6 +189,7 @@ def unlabeled_loss(
     cls_threshold: float = 0.7,
     mask_threshold: float = 0.7,
     teacher: dict[str, torch.Tensor] | None = None,
+    gate: str = "threshold",
 ) -> dict[str, torch.Tensor]:
     """The supervised loss terms against :func:`pseudo_targets`. Returns ``{"loss", "cls", "mask",
     "confident"}`` (scalars; ``confident`` is the fraction of real snippets with a kept class).
@@ -180,12 +197,22 @@ def unlabeled_loss(
     The pseudo-targets come from ``teacher`` (e.g. the predictions on the clean input) when given,
     else from ``out`` itself; the loss is always on ``out``.
     Snippets below ``cls_threshold`` are **ignored** by the classification term (weight 0, neither
-    foreground nor background); when none is kept the term is 0. The mask term uses every real entry.
+    foreground nor background); when none is kept the term is 0. ``gate`` ``"threshold"`` (the
+    original): the mask term uses every real entry; ``"class"``: only the kept rows, whose targets are
+    the thresholded row for a foreground class and an empty row for background (the class decides
+    whether a snippet is in an instance, the mask only where the instance ends).
     """
     src = out if teacher is None else teacher
     cls_t, keep, mask_t = pseudo_targets(src, valid, cls_threshold, mask_threshold)
     cls = focal_cross_entropy(out["logits"], cls_t, keep, cfg.focal_gamma, cfg.label_smoothing)
-    msk = _mask_terms(out, mask_t, valid, cfg)
+    if gate == "class":
+        background = out["logits"].shape[1] - 1
+        mask_t = mask_t * (cls_t != background).unsqueeze(2).to(mask_t.dtype)
+        msk = _mask_terms(out, mask_t, valid, cfg, rows=keep)
+    elif gate == "threshold":
+        msk = _mask_terms(out, mask_t, valid, cfg)
+    else:
+        raise ValueError(f"gate must be 'threshold' or 'class', got {gate!r}")
     n_real = keep.numel() if valid is None else valid.sum().clamp_min(1)
     confident = keep.sum() / n_real
     return {

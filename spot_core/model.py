@@ -350,18 +350,22 @@ class SPOT(nn.Module):
         """Inference forward. x: [B, C, T] -> (class logits [B, K+1, T], mask [B, T, T])."""
         return self.heads(self.embed(x))
 
-    def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Training forward: logits, mask, the embedding [B, E, T] and the clip-order logits [B, 2]."""
-        emb = self.embed(x)
-        if self.cfg.mask_head == "offset":  # the extents too, for their own loss (losses.extent_loss)
+    def head_outputs(self, emb: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`heads` as a dict ``{"logits", "mask"}``, plus the ``offset`` head's extents
+        ``"extent"`` [B, 2, T] (ds, de) for their own loss (losses.extent_loss)."""
+        if self.cfg.mask_head == "offset":
             logits, h = self.classify(emb), self.mask_hidden(emb)
             ds, de = self.mask_extent(h)
             pos = self.mask_pos[: h.shape[2]]
             mask = torch.sigmoid(offset_logits(ds, de, pos, pos))  # = mask_logits(h), the conv run once
-            out = {"logits": logits, "mask": mask, "extent": torch.stack([ds, de], 1)}
-            return {**out, "embedding": emb, "clip_order": self.clip_order(emb)}
+            return {"logits": logits, "mask": mask, "extent": torch.stack([ds, de], 1)}
         logits, mask = self.heads(emb)
-        return {"logits": logits, "mask": mask, "embedding": emb, "clip_order": self.clip_order(emb)}
+        return {"logits": logits, "mask": mask}
+
+    def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training forward: :meth:`head_outputs`, the embedding [B, E, T], the clip-order logits [B, 2]."""
+        emb = self.embed(x)
+        return {**self.head_outputs(emb), "embedding": emb, "clip_order": self.clip_order(emb)}
 
     def _check_input(self, x: torch.Tensor) -> None:
         c, t = self.cfg.feat_dim, self.cfg.num_snippets

@@ -123,7 +123,7 @@ _ADDED_LATER = {
     "data": ("train_stride",),
     "train": ("ema_decay", "optimizer", "time_warp", "lr_schedule"),
     "loss": ("label_smoothing", "extent_weight"),
-    "semi": ("pretrain_steps_per_epoch", "self_train_rounds", "self_train_score", "teacher"),
+    "semi": ("pretrain_steps_per_epoch", "self_train_rounds", "self_train_score", "teacher", "pseudo_mask"),
     "decode": ("stitch",),
 }  # fmt: skip
 
@@ -387,15 +387,18 @@ def semi_step(
         src = {"logits": lg_t.detach(), "mask": mk_t.detach()}
     else:
         src = out_u
+    thr = dict(cls_threshold=sc.cls_threshold, mask_threshold=sc.mask_threshold, gate=sc.pseudo_mask)
     if sc.pseudo_view == "corrupted":
-        lg_c, mk_c = model.heads(emb[bl:])
-        uns = unlabeled_loss(
-            {"logits": lg_c, "mask": mk_c}, vu, cfg.loss, sc.cls_threshold, sc.mask_threshold, teacher=src
-        )
+        if sc.pseudo_mask == "class":  # with the offset head's extents, for the gated extent loss
+            view = model.head_outputs(emb[bl:])
+        else:  # the mask loss only (the original)
+            lg_c, mk_c = model.heads(emb[bl:])
+            view = {"logits": lg_c, "mask": mk_c}
+        uns = unlabeled_loss(view, vu, cfg.loss, teacher=src, **thr)
     elif teacher is not None:
-        uns = unlabeled_loss(out_u, vu, cfg.loss, sc.cls_threshold, sc.mask_threshold, teacher=src)
+        uns = unlabeled_loss(out_u, vu, cfg.loss, teacher=src, **thr)
     else:
-        uns = unlabeled_loss(out_u, vu, cfg.loss, sc.cls_threshold, sc.mask_threshold)
+        uns = unlabeled_loss(out_u, vu, cfg.loss, **thr)
     x_rec = model.reconstruct(emb)
     rec = reconstruction_loss(x_rec[:bl], xl, vl) + reconstruction_loss(x_rec[bl:], xu, vu)
     xo, lab_o = swap_halves(x_all, gen)

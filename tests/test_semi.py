@@ -529,3 +529,45 @@ def test_ema_teacher_gives_the_pseudo_labels(make_model):
         SpotConfig.preset("toy").override(["semi.teacher=peer"])
     with pytest.raises(ConfigError, match="needs train.ema_decay"):
         SpotConfig.preset("toy").override(["semi.teacher=ema"])
+
+
+def test_class_gated_pseudo_mask_rows():
+    """semi.pseudo_mask=class: kept foreground rows keep their thresholded row, kept background rows
+    get an empty one, unkept rows get no mask gradient; the offset head's extents learn too."""
+    k1, t = 3, 4
+    logits = torch.full((1, k1, t), -10.0)
+    logits[0, 0, 0] = 10.0  # confident class 0
+    logits[0, 2, 1] = 10.0  # confident background
+    logits[0, :, 2] = torch.tensor([0.0, 0.1, 0.0])  # not confident
+    logits[0, 0, 3] = 10.0  # confident class 0
+    mask = torch.tensor([[0.1, 0.69, 0.7, 0.95]]).expand(t, t).unsqueeze(0).clone()
+    out = {"logits": logits.clone().requires_grad_(), "mask": mask.clone().requires_grad_()}
+    gated = unlabeled_loss(out, None, LossConfig(), gate="class")
+    gated["loss"].backward()
+    g = out["mask"].grad[0]
+    assert g[2].abs().sum() == 0  # unkept row: no mask loss
+    assert g[0].abs().sum() > 0 and g[1].abs().sum() > 0 and g[3].abs().sum() > 0
+    # the background row is pushed down everywhere (empty target), the foreground row 0 up on its box
+    assert (g[1] > 0).all()
+    assert g[0, 3] < 0 and g[0, 0] > 0
+    plain = unlabeled_loss({k: v.detach() for k, v in out.items()}, None, LossConfig())
+    assert not torch.isclose(gated["mask"], plain["mask"])
+    with pytest.raises(ValueError, match="gate"):
+        unlabeled_loss(out, None, LossConfig(), gate="nope")
+    # offset head: the extent loss reaches the foreground rows through the corrupted view
+    cfg = SpotConfig.preset("actrectut")
+    cfg = cfg.override(["model.num_snippets=16", "model.attn_window=4", "semi.pseudo_mask=class"])
+    from spot_core.model import SPOT
+
+    model = SPOT(cfg.model)
+    view = model.head_outputs(model.embed(torch.randn(2, cfg.model.feat_dim, 16)))
+    assert set(view) == {"logits", "mask", "extent"}
+    src = {k: v.detach() for k, v in view.items()}
+    src["mask"] = torch.ones_like(src["mask"])  # every kept row's box: the whole window
+    src["logits"] = torch.zeros_like(src["logits"])
+    src["logits"][:, 0] = 5.0  # every snippet confidently class 0
+    loss = unlabeled_loss(view, None, cfg.loss, teacher=src, gate="class")["loss"]
+    loss.backward()
+    assert model.mask_box.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="pseudo_mask"):
+        SpotConfig.preset("actrectut").override(["semi.pseudo_mask=classes"])
