@@ -27,8 +27,8 @@ EARLIER = b'{"version": "VERSION 1.3", "results": {"earlier": []}, "external_dat
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _long_stream(path: Path, cfg, n: int = 400_000) -> Path:
-    """One feature file long enough to stream for many seconds on one thread (about 25 k snippets/s)."""
+def _long_stream(path: Path, cfg, n: int = 100_000) -> Path:
+    """One feature file long enough to stream for minutes on one thread at stride 1."""
     rng = np.random.default_rng(0)
     np.save(path, rng.standard_normal((n, cfg.model.feat_dim)).astype(np.float32))
     return path
@@ -37,7 +37,9 @@ def _long_stream(path: Path, cfg, n: int = 400_000) -> Path:
 def _start_streaming(ckpt: Path, features: Path, out: Path, tmp: Path) -> tuple[subprocess.Popen, list[str]]:
     """Start ``runtime.stream`` with a progress bar; return once the bar shows it is streaming."""
     cmd = [sys.executable, "-m", "runtime.stream", "--model", str(ckpt), "--features", str(features)]
-    cmd += ["--out", str(out), "--batch-size", "16"]
+    # stride 1: a window per snippet, so the stream runs for minutes however fast the machine (a
+    # default stride once let a fast CPU finish before the signal)
+    cmd += ["--out", str(out), "--batch-size", "16", "--stride", "1"]
     proc = subprocess.Popen(cmd, cwd=tmp, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     chunks: list[str] = []
 
