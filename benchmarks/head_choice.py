@@ -31,9 +31,20 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "actrectut"
 
 
-def unlabelled_held_out(split, stream, piece_sec: float = 150.0):
-    """The unlabelled runs of ``split``'s training stream as a scored set: ``(AnnotationSet, windows)``,
-    each run cut at background into ~``piece_sec`` pieces, standardised with the split's statistics."""
+def unlabelled_runs(split) -> list[int]:
+    """Indices (in :func:`~spot_core.data.streams.join_runs` order, the ``runNN`` of the split's
+    training videos) of the unlabelled runs of ``split``'s training stream."""
+    from spot_core.data.streams import join_runs
+
+    labeled = set(split.labeled_pieces)
+    status = [i in labeled for i in range(len(split.pieces))]
+    return [j for j, (_, _, is_labeled) in enumerate(join_runs(split.pieces, status)) if not is_labeled]
+
+
+def unlabelled_held_out(split, stream, piece_sec: float = 150.0, only: set[int] | None = None):
+    """The unlabelled runs of ``split``'s training stream (those in ``only`` when given) as a scored
+    set: ``(AnnotationSet, windows)``, each run cut at background into ~``piece_sec`` pieces,
+    standardised with the split's statistics."""
     from spot_core.actrectut import SNIPPET_RATE
     from spot_core.data.annotations import AnnotationSet
     from spot_core.data.streams import cut_pieces, join_runs, sub_video
@@ -43,7 +54,7 @@ def unlabelled_held_out(split, stream, piece_sec: float = 150.0):
     status = [i in labeled for i in range(len(split.pieces))]
     videos, feats = {}, {}
     for j, (a, b, is_labeled) in enumerate(join_runs(split.pieces, status)):
-        if is_labeled:
+        if is_labeled or (only is not None and j not in only):
             continue
         run = sub_video(stream.video, a, b, "run", "validation", True, SNIPPET_RATE)
         for i, (pa, pb) in enumerate(cut_pieces(run, b - a, piece_sec, SNIPPET_RATE)):
@@ -56,13 +67,20 @@ def unlabelled_held_out(split, stream, piece_sec: float = 150.0):
 
 
 def held_out_arms(
-    data: Path, subject: str, seed: int, arms: list[tuple[str, tuple[str, ...]]], variant: str = "sup10"
+    data: Path,
+    subject: str,
+    seed: int,
+    arms: list[tuple[str, tuple[str, ...]]],
+    variant: str = "sup10",
+    inductive: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Train the ``variant`` row (``sup10``: the labelled pieces only; ``spot10``: SPOT's
     semi-supervised recipe, which also trains on the unlabelled pieces, without their labels) of the
     preset + each arm's overrides on ``subject`` and score it on that subject's unlabelled pieces.
-    Arms whose configs differ only in ``decode`` share one trained model. Returns, per arm name,
-    ``{"average_mAP": %, "labeled_s", "held_out_s"}``."""
+    ``inductive``: every other unlabelled run (the 2nd, 4th, ...) is kept out of training altogether
+    and only those runs are scored, so a ``spot10`` arm is scored on data it never saw, not on the
+    pieces it pseudo-labelled. Arms whose configs differ only in ``decode`` share one trained model.
+    Returns, per arm name, ``{"average_mAP": %, "labeled_s", "held_out_s"}``."""
     import dataclasses
 
     from spot_core.actrectut import (
@@ -99,12 +117,16 @@ def held_out_arms(
                 split_seed=seed,
                 train_stride=default_train_stride(cfg),
             )
-            held, windows = unlabelled_held_out(split, s)
+            only = set(unlabelled_runs(split)[1::2]) if inductive else None
+            held, windows = unlabelled_held_out(split, s, only=only)
             with tempfile.TemporaryDirectory() as tmp:
                 torch.manual_seed(seed)
                 train = split.train_windows
                 if variant != "spot10":
                     train = [w for w in train if w.labeled]
+                if only is not None:
+                    out_of_training = {f"{s.name}/run{j:02d}" for j in only}
+                    train = [w for w in train if w.video_id not in out_of_training]
                 train_on_windows(split.cfg, train, None, [], tmp, progress=False)
                 model, _ = load_model(Path(tmp) / "last.safetensors")
             hit = (settings, model, split, held, windows)
@@ -145,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
         "--variant", default="sup10", choices=("sup10", "spot10"),
         help="sup10: supervised on the labelled pieces (default); spot10: SPOT's semi-supervised recipe",
     )  # fmt: skip
+    p.add_argument(
+        "--inductive", action="store_true",
+        help="keep every other unlabelled run out of training and score only those (spot10 arms are "
+        "then scored on data they never saw, not on the pieces they pseudo-labelled)",
+    )  # fmt: skip
     p.add_argument("--json", type=Path, help="default: benchmarks/results/head_choice_<variant>.json")
     args = p.parse_args(argv)
     args.json = args.json or RESULTS_DIR / f"head_choice_{args.variant}.json"
@@ -155,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in args.seeds:
         for subject in args.subjects:
-            scored = held_out_arms(args.data, subject, seed, args.arms, args.variant)
+            scored = held_out_arms(args.data, subject, seed, args.arms, args.variant, args.inductive)
             for name, sets in args.arms:
                 row = {
                     "subject": subject,
@@ -163,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                     "variant": args.variant,
                     "arm": name,
                     "sets": list(sets),
+                    "inductive": args.inductive,
                 }
                 rows.append({**row, **scored[name]})
                 print(json.dumps(rows[-1]), flush=True)
@@ -174,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     arms = " ".join(f"{n}={','.join(s)}" for n, s in args.arms)
     seeds = " ".join(map(str, args.seeds))
     command = f"python -m benchmarks.head_choice --variant {args.variant} --seeds {seeds} --arms {arms}"
+    if args.inductive:
+        command += " --inductive"
     args.json.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(
         args.json, json.dumps({"command": command, "runs": rows, "mean": means}, indent=1) + "\n"

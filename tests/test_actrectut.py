@@ -261,6 +261,39 @@ def test_head_choice_trains_once_for_arms_that_differ_only_in_decode(shared_data
     assert calls[1].train.lr == 0.002 and all(0 <= r["average_mAP"] <= 100 for r in out.values())
 
 
+def test_head_choice_inductive_scores_only_runs_kept_out_of_training(shared_data, monkeypatch):
+    """benchmarks.head_choice --inductive: every other unlabelled run is neither trained on (not even
+    as unlabelled data by spot10) nor anything but scored; the other unlabelled runs still train."""
+    import spot_core.training
+    from benchmarks import head_choice
+
+    seen = {}
+    real_train, real_held = spot_core.training.train_on_windows, head_choice.unlabelled_held_out
+
+    def train(c, windows, *a, **k):
+        seen["train"] = {w.video_id for w in windows}
+        return real_train(c, windows, *a, **k)
+
+    def held(split, stream, *a, **k):
+        seen["runs"] = head_choice.unlabelled_runs(split)
+        seen["only"] = k.get("only")
+        return real_held(split, stream, *a, **k)
+
+    monkeypatch.setattr(spot_core.training, "train_on_windows", train)
+    monkeypatch.setattr(head_choice, "unlabelled_held_out", held)
+    tiny = ("train.epochs=1", "train.steps_per_epoch=1", "model.num_layers=1", "model.hidden_dim=16",
+            "semi.pretrain_epochs=1", "semi.pretrain_steps_per_epoch=1", "semi.rampup_epochs=1")  # fmt: skip
+    out = head_choice.held_out_arms(
+        shared_data / "actrectut", "subject1_gesture", 0, [("a", tiny)], "spot10", inductive=True
+    )
+    assert 0 <= out["a"]["average_mAP"] <= 100
+    runs, only = seen["runs"], seen["only"]
+    assert len(runs) >= 4 and only == set(runs[1::2])
+    names = {j: f"subject1_gesture/run{j:02d}" for j in runs}
+    assert not {names[j] for j in only} & seen["train"]  # held-out runs never trained on
+    assert {names[j] for j in runs if j not in only} <= seen["train"]  # the others train unlabelled
+
+
 def test_cached_runs_of_other_settings_do_not_hide_earlier_current_ones():
     """benchmarks.ssl_results: the latest run per key *among those of the current settings* counts,
     so a later trial of other settings (then reverted) leaves the earlier runs in the tables."""
