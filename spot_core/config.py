@@ -176,7 +176,8 @@ class SemiConfig:
     # foreground rows too, against the teacher's box)
     pseudo_mask: str = "threshold"
     # where the pseudo-label targets come from: "self" (the model's own forward, in training mode:
-    # the original) or "ema" (the weight average of train.ema_decay, eval mode: a mean teacher)
+    # the original, dropout included), "eval" (the model's current weights in eval mode, no dropout)
+    # or "ema" (the weight average of train.ema_decay, eval mode: a mean teacher)
     teacher: str = "self"
     unlabeled_weight: float = 1.0
     recon_weight: float = 0.1
@@ -548,8 +549,8 @@ def validate(cfg: SpotConfig) -> None:
         raise ConfigError(f"data.train_stride must be >= 1 or null, got {dc.train_stride}")
     _validate_backbone(m)
     _validate_semi(cfg.semi)
-    if cfg.semi.teacher not in ("self", "ema"):
-        raise ConfigError(f"semi.teacher must be 'self' or 'ema', got {cfg.semi.teacher!r}")
+    if cfg.semi.teacher not in ("self", "eval", "ema"):
+        raise ConfigError(f"semi.teacher must be 'self', 'eval' or 'ema', got {cfg.semi.teacher!r}")
     if cfg.semi.teacher == "ema" and cfg.train.ema_decay is None:
         raise ConfigError("semi.teacher: ema needs train.ema_decay (the weight average is the teacher)")
     if cfg.semi.self_train_rounds and cfg.data.mode != "window":

@@ -364,7 +364,8 @@ def semi_step(
     """Stage-2 losses of a labelled and an unlabelled batch (tensors already on the device).
 
     ``teacher`` (``semi.teacher: ema``: the weight average, eval mode) gives the pseudo-label
-    targets of the unlabelled batch; None: the model's own forward on the clean input (the original).
+    targets of the unlabelled batch; None: with ``semi.teacher: eval`` the model's own weights in
+    eval mode (no dropout), else the model's own training-mode forward on the clean input (the original).
 
     total = supervised(lab) + ramp * unlabeled_weight * pseudo-label loss(unl)
             + recon_weight * (recon(lab) + recon(unl)) + ramp * refine_weight * (refine(lab) + refine(unl))
@@ -385,6 +386,13 @@ def semi_step(
         with torch.no_grad():
             lg_t, mk_t = teacher(xu)
         src = {"logits": lg_t.detach(), "mask": mk_t.detach()}
+    elif sc.teacher == "eval":  # the current weights without dropout: targets from the clean forward
+        model.eval()
+        with torch.no_grad():
+            lg_t, mk_t = model.heads(model.embed(xu))
+        model.train()
+        src = {"logits": lg_t.detach(), "mask": mk_t.detach()}
+        teacher = model  # marks the targets as given (below)
     else:
         src = out_u
     thr = dict(cls_threshold=sc.cls_threshold, mask_threshold=sc.mask_threshold, gate=sc.pseudo_mask)

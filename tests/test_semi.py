@@ -571,3 +571,34 @@ def test_class_gated_pseudo_mask_rows():
     assert model.mask_box.weight.grad.abs().sum() > 0
     with pytest.raises(ConfigError, match="pseudo_mask"):
         SpotConfig.preset("actrectut").override(["semi.pseudo_mask=classes"])
+
+
+def test_eval_teacher_targets_come_from_the_dropout_free_forward(make_model, monkeypatch):
+    """semi.teacher: eval: the unlabelled targets are the current weights' eval-mode forward (no
+    dropout), the model is back in training mode after; "self" takes the training-mode forward."""
+    cfg = SpotConfig.preset("toy").override(["semi.teacher=eval", "model.embed_dropout=0.5"])
+    model = make_model(cfg, 0).train()
+    b, c, t, k = 2, cfg.model.feat_dim, cfg.model.num_snippets, cfg.model.num_classes
+    x = torch.randn(b, c, t, generator=torch.Generator().manual_seed(0))
+    batch = {
+        "features": x,
+        "valid_mask": torch.ones(b, t, dtype=torch.bool),
+        "cls_target": torch.full((b, t), k),
+        "mask_target": torch.zeros(b, t, t),
+    }
+    seen = []
+    real = training_mod.unlabeled_loss
+    monkeypatch.setattr(
+        training_mod, "unlabeled_loss", lambda *a, **kw: seen.append(kw.get("teacher")) or real(*a, **kw)
+    )
+    torch.manual_seed(0)
+    training_mod.semi_step(model, batch, batch, cfg, torch.Generator().manual_seed(0))
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        lg, mk = model(x)
+    model.train()
+    assert torch.equal(seen[0]["logits"], lg) and torch.equal(seen[0]["mask"], mk)
+    torch.manual_seed(0)
+    training_mod.semi_step(model, batch, batch, cfg.override(["semi.teacher=self"]), torch.Generator())
+    assert not torch.allclose(seen[1]["logits"], lg)  # the training-mode forward, with dropout
