@@ -497,19 +497,24 @@ def test_label_split_edge_cases_are_clear(data_dir, tmp_path, caplog):
     assert "have no labelled training snippet" in caplog.text
 
 
+def _background_batch(cfg: SpotConfig, b: int = 2) -> dict[str, torch.Tensor]:
+    """A seeded batch of ``b`` all-background windows of ``cfg``'s shape."""
+    c, t, k = cfg.model.feat_dim, cfg.model.num_snippets, cfg.model.num_classes
+    return {
+        "features": torch.randn(b, c, t, generator=torch.Generator().manual_seed(0)),
+        "valid_mask": torch.ones(b, t, dtype=torch.bool),
+        "cls_target": torch.full((b, t), k),
+        "mask_target": torch.zeros(b, t, t),
+    }
+
+
 def test_ema_teacher_gives_the_pseudo_labels(make_model):
     """semi.teacher: ema: the unlabelled batch's targets come from the teacher given to semi_step (a
     sure teacher keeps every snippet, an undecided one none); without a teacher, from the model."""
     cfg = SpotConfig.preset("toy").override(["semi.teacher=ema", "train.ema_decay=0.9"])
     model = make_model(cfg, 0).train()
-    b, c, t, k = 2, cfg.model.feat_dim, cfg.model.num_snippets, cfg.model.num_classes
-    x = torch.randn(b, c, t, generator=torch.Generator().manual_seed(0))
-    batch = {
-        "features": x,
-        "valid_mask": torch.ones(b, t, dtype=torch.bool),
-        "cls_target": torch.full((b, t), k),
-        "mask_target": torch.zeros(b, t, t),
-    }
+    batch = _background_batch(cfg)
+    k = cfg.model.num_classes
 
     class Teacher(torch.nn.Module):
         def __init__(self, logit: float) -> None:
@@ -578,14 +583,8 @@ def test_eval_teacher_targets_come_from_the_dropout_free_forward(make_model, mon
     dropout), the model is back in training mode after; "self" takes the training-mode forward."""
     cfg = SpotConfig.preset("toy").override(["semi.teacher=eval", "model.embed_dropout=0.5"])
     model = make_model(cfg, 0).train()
-    b, c, t, k = 2, cfg.model.feat_dim, cfg.model.num_snippets, cfg.model.num_classes
-    x = torch.randn(b, c, t, generator=torch.Generator().manual_seed(0))
-    batch = {
-        "features": x,
-        "valid_mask": torch.ones(b, t, dtype=torch.bool),
-        "cls_target": torch.full((b, t), k),
-        "mask_target": torch.zeros(b, t, t),
-    }
+    batch = _background_batch(cfg)
+    x = batch["features"]
     seen = []
     real = training_mod.unlabeled_loss
     monkeypatch.setattr(
